@@ -1,0 +1,23 @@
+use clap::Parser;
+
+/// Allezon, all in one process on the embedded backends.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: allezon::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("allezon");
+    let running = allezon::start(cli.config, allezon_core::shutdown::on_signal()).await?;
+    // One machine-readable line, so scripts and tests started with port 0
+    // learn where to connect.
+    println!(
+        "allezon listening http={} grpc={}",
+        running.http_addr, running.grpc_addr
+    );
+    running.wait().await
+}

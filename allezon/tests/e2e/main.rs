@@ -1,0 +1,1 @@
+//! End-to-end tests: the real system, started on port 0.

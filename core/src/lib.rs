@@ -1,0 +1,15 @@
+//! Allezon's shared library: the domain types and their JSON and protobuf
+//! forms, the contract's time formats, query parsing, the error type with its
+//! HTTP and gRPC mappings, shared configuration, shutdown and telemetry.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod query;
+pub mod shutdown;
+pub mod tag;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, ErrorKind, Result};
+pub use tag::{Action, Device, ProductId, ProductInfo, UserTag};

@@ -1,0 +1,56 @@
+//! The one HTTP error response: a status from [`allezon_core::Error`] and a
+//! JSON body `{"error": "..."}` that tells the client what it can act on.
+
+use allezon_core::{Error, ErrorKind};
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        Self(err)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        Self(Error::from_status(&status))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.http_status();
+        // Server-side failures are logged in full but told to the client
+        // only as far as the client can act on them.
+        let message = match self.0.kind() {
+            ErrorKind::Internal => {
+                tracing::error!(error = %self.0, "internal error");
+                "internal error".to_owned()
+            }
+            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => {
+                tracing::warn!(error = %self.0, "backend unavailable");
+                "temporarily unavailable, retry later".to_owned()
+            }
+            _ => self.0.message().to_owned(),
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// A body that could not be read: too large, or the connection broke.
+pub fn body_error(rejection: BytesRejection) -> ApiError {
+    let kind = if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::InvalidInput
+    };
+    ApiError(Error::new(
+        kind,
+        format!("invalid `body`: {}", rejection.body_text()),
+    ))
+}

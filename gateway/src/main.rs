@@ -1,0 +1,16 @@
+use clap::Parser;
+
+/// gateway: Allezon's REST API, backed by the gRPC services.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: gateway::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("gateway");
+    gateway::run(cli.config, allezon_core::shutdown::on_signal()).await
+}

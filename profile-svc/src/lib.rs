@@ -1,0 +1,62 @@
+//! profile-svc: per-cookie profiles behind the `allezon.v1.ProfileService`
+//! gRPC API.
+//!
+//! Keeps the newest 200 VIEWs and the newest 200 BUYs of each cookie. Run it
+//! alone with `cargo run -p profile-svc -- --grpc-addr 127.0.0.1:50051
+//! --data-dir ./data/profiles`, or inside the all-in-one `allezon` binary.
+
+pub mod grpc;
+pub mod store;
+
+use std::path::PathBuf;
+
+use allezon_core::config::{DataDirArgs, GrpcAddrArgs};
+use allezon_core::shutdown::Shutdown;
+use allezon_proto::v1::profile_service_server::ProfileServiceServer;
+use allezon_storage::Store;
+use clap::Args;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+pub use grpc::ProfileGrpc;
+pub use store::{EmbeddedProfileStore, ProfileStore};
+
+/// The gRPC service name, as health checks and reflection list it.
+pub const SERVICE_NAME: &str =
+    <ProfileServiceServer<ProfileGrpc<EmbeddedProfileStore>> as NamedService>::NAME;
+
+/// The tonic service for `store`, ready to add to a server.
+pub fn service<S: ProfileStore>(store: S) -> ProfileServiceServer<ProfileGrpc<S>> {
+    ProfileServiceServer::new(ProfileGrpc::new(store))
+        .max_decoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub grpc: GrpcAddrArgs,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+/// Runs profile-svc alone until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.grpc.grpc_addr).await?;
+    let store = EmbeddedProfileStore::open(&Store::open(&profiles_dir(&config.data.data_dir))?)?;
+    tracing::info!(addr = %listener.local_addr()?, "profile-svc listening");
+    allezon_core::grpc::serve(
+        listener,
+        Routes::new(service(store)),
+        &[SERVICE_NAME],
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where a standalone profile-svc keeps its store inside the data directory.
+pub fn profiles_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("profiles")
+}

@@ -1,0 +1,16 @@
+use clap::Parser;
+
+/// profile-svc: per-cookie profiles over gRPC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: profile_svc::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("profile-svc");
+    profile_svc::run(cli.config, allezon_core::shutdown::on_signal()).await
+}

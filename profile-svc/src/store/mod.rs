@@ -1,0 +1,35 @@
+//! Where profiles live. The service talks to a [`ProfileStore`]; the embedded
+//! engine implements it today, Aerospike joins it behind the same trait.
+
+mod embedded;
+mod key;
+
+use std::future::Future;
+
+use allezon_core::query::TimeRange;
+use allezon_core::{Action, Result, UserTag};
+use allezon_proto::v1 as pb;
+
+pub use embedded::EmbeddedProfileStore;
+
+/// Tags kept per cookie and action; older ones may be dropped.
+pub const KEEP_PER_ACTION: usize = allezon_core::query::PROFILE_KEEP as usize;
+
+/// A cookie's tags of one action, newest first.
+pub type Tags = Vec<pb::UserTag>;
+
+pub trait ProfileStore: Send + Sync + 'static {
+    /// Stores `tag`, durably, before returning. Appending the same tag twice
+    /// (a client retry) stores it once.
+    fn append(&self, tag: UserTag) -> impl Future<Output = Result<()>> + Send;
+
+    /// The newest `limit` tags of `action` with time in `range`, newest first,
+    /// drawn only from the newest [`KEEP_PER_ACTION`] tags of that action.
+    fn query(
+        &self,
+        cookie: &str,
+        action: Action,
+        range: TimeRange,
+        limit: usize,
+    ) -> impl Future<Output = Result<Tags>> + Send;
+}

@@ -1,0 +1,137 @@
+//! Group commit: many writers, one fsync.
+//!
+//! Each writer takes a ticket *after* its write reached the journal buffer.
+//! The syncer reads the highest ticket handed out, persists the journal, and
+//! publishes that ticket as synced. Every ticket at or below it belongs to a
+//! write that was in the buffer before the persist began, so it is durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use fjall::{Database, PersistMode};
+use tokio::sync::watch;
+
+use crate::StoreError;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Synced {
+    ticket: u64,
+    failed: bool,
+}
+
+struct Shared {
+    issued: AtomicU64,
+    syncs: AtomicU64,
+    /// `true` when a writer waits for a sync (or when stopping).
+    wake: Mutex<Wake>,
+    cond: Condvar,
+    synced: watch::Sender<Synced>,
+}
+
+#[derive(Default)]
+struct Wake {
+    pending: bool,
+    stop: bool,
+}
+
+pub(crate) struct GroupCommit {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    pub(crate) fn start(db: Database) -> Self {
+        let shared = Arc::new(Shared {
+            issued: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            wake: Mutex::new(Wake::default()),
+            cond: Condvar::new(),
+            synced: watch::Sender::new(Synced::default()),
+        });
+        let worker = Arc::clone(&shared);
+        let syncer = std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || run_syncer(&worker, &db))
+            .ok();
+        Self { shared, syncer }
+    }
+
+    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        let ticket = self.shared.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut synced = self.shared.synced.subscribe();
+        {
+            let mut wake = self
+                .shared
+                .wake
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            wake.pending = true;
+        }
+        self.shared.cond.notify_one();
+        let state = synced
+            .wait_for(|s| s.ticket >= ticket || s.failed)
+            .await
+            .map_err(|_| StoreError::SyncFailed)?;
+        if state.ticket >= ticket {
+            Ok(())
+        } else {
+            Err(StoreError::SyncFailed)
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared
+            .wake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
+        self.shared.cond.notify_one();
+        if let Some(syncer) = self.syncer.take() {
+            // Joining releases the syncer's database handle, so the directory
+            // can be reopened as soon as the store is dropped.
+            let _ = syncer.join();
+        }
+    }
+}
+
+fn run_syncer(shared: &Shared, db: &Database) {
+    loop {
+        {
+            let mut wake = shared.wake.lock().unwrap_or_else(PoisonError::into_inner);
+            while !wake.pending && !wake.stop {
+                wake = shared
+                    .cond
+                    .wait(wake)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if wake.stop && !wake.pending {
+                return;
+            }
+            wake.pending = false;
+        }
+        let target = shared.issued.load(Ordering::Acquire);
+        match db.persist(PersistMode::SyncData) {
+            Ok(()) => {
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .synced
+                    .send_modify(|s| s.ticket = s.ticket.max(target));
+            }
+            Err(err) => {
+                // fjall poisons itself after a failed fsync: nothing written
+                // since can be trusted, so every waiter, now and later, fails.
+                tracing::error!(%err, "journal fsync failed");
+                shared.synced.send_modify(|s| s.failed = true);
+                return;
+            }
+        }
+    }
+}
