@@ -89,7 +89,13 @@ impl UserTag {
         let mut de = serde_json::Deserializer::from_slice(body);
         let tag: UserTag = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
-            let field = if path == "." { "body" } else { path.as_str() };
+            // Broken JSON is the body's fault, whichever field it broke in.
+            let broken = err.inner().is_syntax() || err.inner().is_eof();
+            let field = if path == "." || broken {
+                "body"
+            } else {
+                path.as_str()
+            };
             Error::invalid(field, strip_position(&err.inner().to_string()))
         })?;
         de.end()

@@ -1,0 +1,209 @@
+//! Starting and stopping the real binary, and a reference model of profiles.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running `allezon` process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts the binary on free ports with `data_dir`, and waits until it
+    /// prints where it listens.
+    pub fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_allezon"))
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start allezon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let Some(http) = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http="))
+        else {
+            let mut stderr = String::new();
+            let _ = child.kill();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr);
+            panic!("allezon did not start: {line:?}\n{stderr}");
+        };
+        Server {
+            base: format!("http://{http}"),
+            child,
+        }
+    }
+
+    /// `kill -9`: no shutdown hook runs, nothing is flushed.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// `2022-03-01T00:00:00.000Z` plus `ms`, in the contract's format; whole
+/// seconds are written without the fraction, as real clients do.
+pub fn tag_time(ms: i64) -> String {
+    let base = 1_646_092_800_000i64 + ms;
+    let secs = base / 1000;
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let day = 1 + (secs - 1_646_092_800) / 86_400;
+    if base % 1000 == 0 {
+        format!("2022-03-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("2022-03-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", base % 1000)
+    }
+}
+
+/// The same instant as a query-string datetime, millisecond precision.
+pub fn query_time(ms: i64) -> String {
+    let t = tag_time(ms);
+    let t = t.trim_end_matches('Z');
+    if t.len() == 19 {
+        format!("{t}.000")
+    } else {
+        t.to_owned()
+    }
+}
+
+/// A deterministic tag; `product_id` alternates between number and string.
+pub fn tag(cookie: &str, action: &str, ms: i64, n: i64) -> Value {
+    let device = ["PC", "MOBILE", "TV"][(n % 3) as usize];
+    let product_id = if n % 2 == 0 {
+        json!(n)
+    } else {
+        json!(format!("p{n}"))
+    };
+    json!({
+        "time": tag_time(ms),
+        "cookie": cookie,
+        "country": "PL",
+        "device": device,
+        "action": action,
+        "origin": format!("CAMPAIGN_{}", n % 7),
+        "product_info": {
+            "product_id": product_id,
+            "brand_id": format!("brand_{}", n % 5),
+            "category_id": format!("cat_{}", n % 3),
+            "price": (n * 7919 % 100_000) as i32 - 50_000,
+        }
+    })
+}
+
+/// The tag as the server gives it back: time in millisecond form.
+pub fn normalised(tag: &Value) -> Value {
+    let mut tag = tag.clone();
+    let time = tag["time"].as_str().expect("time").to_owned();
+    if time.len() == 20 {
+        tag["time"] = json!(format!("{}.000Z", &time[..19]));
+    }
+    tag
+}
+
+/// Reference model: the expected profile of `cookie` given every tag it was
+/// sent (as `(time_ms, tag)`), per the contract's rules.
+pub fn expected_profile(
+    cookie: &str,
+    tags: &[(i64, Value)],
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Value {
+    let list = |action: &str| {
+        let mut of_action: Vec<&(i64, Value)> =
+            tags.iter().filter(|(_, t)| t["action"] == action).collect();
+        of_action.sort_by(|a, b| b.0.cmp(&a.0));
+        of_action
+            .into_iter()
+            .take(200)
+            .filter(|(ms, _)| from <= *ms && *ms < to)
+            .take(limit)
+            .map(|(_, t)| normalised(t))
+            .collect::<Vec<_>>()
+    };
+    json!({ "cookie": cookie, "views": list("VIEW"), "buys": list("BUY") })
+}
+
+pub async fn post_tag(
+    client: &reqwest::Client,
+    server: &Server,
+    tag: &Value,
+) -> reqwest::StatusCode {
+    client
+        .post(server.url("/user_tags"))
+        .json(tag)
+        .send()
+        .await
+        .expect("send tag")
+        .status()
+}
+
+pub async fn profile(
+    client: &reqwest::Client,
+    server: &Server,
+    cookie: &str,
+    from: i64,
+    to: i64,
+    limit: Option<usize>,
+) -> Value {
+    let mut url = server.url(&format!(
+        "/user_profiles/{cookie}?time_range={}_{}",
+        query_time(from),
+        query_time(to)
+    ));
+    if let Some(limit) = limit {
+        url.push_str(&format!("&limit={limit}"));
+    }
+    let response = client.post(url).send().await.expect("profile query");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("profile json")
+}
+
+/// Retries `check` until it passes or `within` runs out; never a bare sleep.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
