@@ -2,6 +2,7 @@
 //! forms, the contract's time formats, query parsing, the error type with its
 //! HTTP and gRPC mappings, shared configuration, shutdown and telemetry.
 
+pub mod cells;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -1,0 +1,332 @@
+//! The embedded log: records in a keyspace of the data directory's storage
+//! engine, keyed `[partition: u32 BE][offset: u64 BE]`.
+//!
+//! Appends take the partition's next offset and insert under one lock, so
+//! offsets reach the engine in order; consumers read only up to the highest
+//! *synced* offset, so a worker never folds a record that a crash could
+//! still take back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use allezon_storage::{Keyspace, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::{EventLog, LogConsumer, LogError, Position, Record, partition_for};
+
+/// Records kept behind the committed offset, for inspection and for a
+/// worker that restarts from an older aggregate watermark.
+const RETAIN_BEHIND_COMMIT: u64 = 1_000_000;
+/// Deleting in large steps keeps truncation off the commit path's hot loop.
+const TRUNCATE_STEP: u64 = 100_000;
+
+struct Partition {
+    /// Next offset to hand out; the lock also orders inserts.
+    next: Mutex<u64>,
+    /// One past the highest offset known durable.
+    visible: AtomicU64,
+    /// Everything below this has been deleted.
+    truncated: AtomicU64,
+}
+
+struct Inner {
+    store: Store,
+    records: Keyspace,
+    commits: Keyspace,
+    partitions: Vec<Partition>,
+    /// Bumped after every durable append, to wake waiting consumers.
+    appended: watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+}
+
+fn record_key(partition: u32, offset: u64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&partition.to_be_bytes());
+    key[4..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+fn offset_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(4..12)?.try_into().ok()?))
+}
+
+impl EmbeddedLog {
+    /// Opens the log with `partitions` partitions. The count must stay the same
+    /// across restarts of one data directory.
+    pub fn open(store: &Store, partitions: u32) -> Result<Self, LogError> {
+        let records = store.keyspace("event_log")?;
+        let commits = store.keyspace("event_log_commits")?;
+        let partitions = (0..partitions.max(1))
+            .map(|p| {
+                let last = records
+                    .prefix(p.to_be_bytes())
+                    .next_back()
+                    .map(|guard| guard.key())
+                    .transpose()
+                    .map_err(StoreError::from)?;
+                let next = last.as_deref().and_then(offset_of).map_or(0, |o| o + 1);
+                let first = records
+                    .prefix(p.to_be_bytes())
+                    .next()
+                    .map(|guard| guard.key())
+                    .transpose()
+                    .map_err(StoreError::from)?;
+                let truncated = first.as_deref().and_then(offset_of).unwrap_or(next);
+                Ok(Partition {
+                    next: Mutex::new(next),
+                    visible: AtomicU64::new(next),
+                    truncated: AtomicU64::new(truncated),
+                })
+            })
+            .collect::<Result<Vec<_>, LogError>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                records,
+                commits,
+                partitions,
+                appended: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.inner.partitions.len() as u32
+    }
+
+    /// A consumer of `group` that owns every partition (the embedded log has
+    /// one process, so one consumer), positioned at the group's commits.
+    pub fn consumer(&self, group: &str) -> Result<EmbeddedConsumer, LogError> {
+        let positions = (0..self.partitions())
+            .map(|p| self.committed(group, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EmbeddedConsumer {
+            log: self.clone(),
+            group: group.to_owned(),
+            positions,
+            appended: self.inner.appended.subscribe(),
+        })
+    }
+
+    /// The group's committed offset of `partition`, 0 when none.
+    pub fn committed(&self, group: &str, partition: u32) -> Result<u64, LogError> {
+        let value = self
+            .inner
+            .commits
+            .get(commit_key(group, partition))
+            .map_err(StoreError::from)?;
+        Ok(value
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// One past the last durable offset of `partition`.
+    pub fn end_offset(&self, partition: u32) -> u64 {
+        self.inner
+            .partitions
+            .get(partition as usize)
+            .map_or(0, |p| p.visible.load(Ordering::Acquire))
+    }
+
+    fn truncate(&self, partition: u32, committed: u64) -> Result<(), LogError> {
+        let Some(state) = self.inner.partitions.get(partition as usize) else {
+            return Ok(());
+        };
+        let keep_from = committed.saturating_sub(RETAIN_BEHIND_COMMIT);
+        let truncated = state.truncated.load(Ordering::Acquire);
+        if keep_from < truncated + TRUNCATE_STEP {
+            return Ok(());
+        }
+        let mut batch = self.inner.store.database().batch();
+        let range = record_key(partition, truncated)..record_key(partition, keep_from);
+        for guard in self.inner.records.range(range) {
+            batch.remove(&self.inner.records, guard.key().map_err(StoreError::from)?);
+        }
+        batch.commit().map_err(StoreError::from)?;
+        state.truncated.store(keep_from, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn commit_key(group: &str, partition: u32) -> Vec<u8> {
+    let mut key = group.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+impl EventLog for EmbeddedLog {
+    async fn append(&self, key: &[u8], payload: Vec<u8>) -> Result<Position, LogError> {
+        let partition = partition_for(key, self.partitions());
+        let state = &self.inner.partitions[partition as usize];
+        let offset = {
+            let mut next = state.next.lock().unwrap_or_else(PoisonError::into_inner);
+            let offset = *next;
+            self.inner
+                .records
+                .insert(record_key(partition, offset), payload)
+                .map_err(StoreError::from)?;
+            *next += 1;
+            offset
+        };
+        self.inner.store.sync().await?;
+        // Every offset below ours was inserted before ours, so the sync that
+        // covered ours covered them too.
+        state.visible.fetch_max(offset + 1, Ordering::AcqRel);
+        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Position { partition, offset })
+    }
+}
+
+pub struct EmbeddedConsumer {
+    log: EmbeddedLog,
+    group: String,
+    positions: Vec<u64>,
+    appended: watch::Receiver<u64>,
+}
+
+impl EmbeddedConsumer {
+    fn read(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::new();
+        for (partition, position) in self.positions.iter_mut().enumerate() {
+            let partition = partition as u32;
+            let end = self.log.end_offset(partition);
+            if *position >= end {
+                continue;
+            }
+            let range = record_key(partition, *position)..record_key(partition, end);
+            for guard in self.log.inner.records.range(range) {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                let (key, value) = guard.into_inner().map_err(StoreError::from)?;
+                let offset = offset_of(&key).unwrap_or(*position);
+                out.push(Record {
+                    partition,
+                    offset,
+                    payload: value.to_vec(),
+                });
+                *position = offset + 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl LogConsumer for EmbeddedConsumer {
+    fn assignment(&self) -> Vec<u32> {
+        (0..self.log.partitions()).collect()
+    }
+
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        self.appended.mark_unchanged();
+        let records = self.read(max)?;
+        if !records.is_empty() {
+            return Ok(records);
+        }
+        // Nothing yet: sleep until an append lands or `wait` runs out.
+        let _ = tokio::time::timeout(wait, self.appended.changed()).await;
+        self.read(max)
+    }
+
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
+        let slot = self
+            .positions
+            .get_mut(partition as usize)
+            .ok_or(LogError::NotAssigned(partition))?;
+        *slot = offset;
+        Ok(())
+    }
+
+    async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
+        if partition as usize >= self.positions.len() {
+            return Err(LogError::NotAssigned(partition));
+        }
+        // Not synced: the aggregate store's watermark, not this commit, is
+        // what a restarting worker trusts; this one drives truncation and lag.
+        self.log
+            .inner
+            .commits
+            .insert(
+                commit_key(&self.group, partition),
+                next_offset.to_be_bytes(),
+            )
+            .map_err(StoreError::from)?;
+        self.log.truncate(partition, next_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_come_back_in_order_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
+            for i in 0..100u32 {
+                log.append(&i.to_be_bytes(), i.to_be_bytes().to_vec())
+                    .await
+                    .unwrap();
+            }
+        }
+        let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
+        let mut consumer = log.consumer("g").unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let batch = consumer.poll(7, Duration::from_millis(10)).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch);
+        }
+        assert_eq!(seen.len(), 100);
+        for p in 0..3 {
+            let offsets: Vec<u64> = seen
+                .iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+        }
+        // Appends continue after the last offset, per partition.
+        let pos = log.append(b"x", b"y".to_vec()).await.unwrap();
+        let before = seen.iter().filter(|r| r.partition == pos.partition).count() as u64;
+        assert_eq!(pos.offset, before);
+    }
+
+    #[tokio::test]
+    async fn commits_and_seeks_position_the_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 1).unwrap();
+        for i in 0..10u8 {
+            log.append(b"k", vec![i]).await.unwrap();
+        }
+        let mut consumer = log.consumer("g").unwrap();
+        consumer.commit(0, 4).await.unwrap();
+        let mut again = log.consumer("g").unwrap();
+        let batch = again.poll(100, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(batch.first().map(|r| r.offset), Some(4));
+        again.seek(0, 8).unwrap();
+        let batch = again.poll(100, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(
+            batch.iter().map(|r| r.payload[0]).collect::<Vec<_>>(),
+            [8, 9]
+        );
+        // A waiting poll wakes on an append.
+        let waiter = tokio::spawn(async move { again.poll(10, Duration::from_secs(30)).await });
+        log.append(b"k", vec![10]).await.unwrap();
+        let batch = waiter.await.unwrap().unwrap();
+        assert_eq!(batch.len(), 1);
+    }
+}

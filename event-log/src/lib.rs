@@ -1,0 +1,84 @@
+//! The event log: every accepted tag, in order per partition, for the ingest
+//! workers to fold into aggregates.
+//!
+//! The traits follow Kafka's model (partitions, offsets, consumer-group
+//! commits) so that the embedded log and the Kafka topic are interchangeable.
+
+mod embedded;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use embedded::{EmbeddedConsumer, EmbeddedLog};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("event log storage: {0}")]
+    Storage(#[from] allezon_storage::StoreError),
+    #[error("partition {0} is not assigned to this consumer")]
+    NotAssigned(u32),
+}
+
+/// One record read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Where a record was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// The producing side.
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends `payload` to the partition that `key` maps to. Returns once the
+    /// record is durable.
+    fn append(
+        &self,
+        key: &[u8],
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Position, LogError>> + Send;
+}
+
+/// The consuming side: one member of a consumer group.
+pub trait LogConsumer: Send {
+    /// Partitions currently assigned to this consumer. Changes when the group
+    /// rebalances; [`Self::generation`] tells that it did.
+    fn assignment(&self) -> Vec<u32>;
+
+    /// Bumped on every change of the assignment.
+    fn generation(&self) -> u64;
+
+    /// Up to `max` records, in offset order within each partition, waiting at
+    /// most `wait` for the first one.
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
+
+    /// Moves the read position of `partition` to `offset`.
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError>;
+
+    /// Records that everything before `next_offset` in `partition` has been
+    /// processed. Call only after the records' effects are durable elsewhere.
+    fn commit(
+        &mut self,
+        partition: u32,
+        next_offset: u64,
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
+}
+
+/// The partition a key maps to: stable, so one cookie's tags stay in order.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    let hash = key.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % partitions.max(1)
+}
