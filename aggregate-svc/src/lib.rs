@@ -1,1 +1,75 @@
-//! aggregate-svc: per-minute COUNT and SUM(price) cells (being built; see issue 3).
+//! aggregate-svc: per-minute COUNT and SUM(price) cells for all 8 filter
+//! combinations, behind the `allezon.v1.AggregateService` gRPC API.
+//!
+//! Ingest workers send it packed increments; the gateway reads one cell per
+//! minute of a query. Run it alone with `cargo run -p aggregate-svc --
+//! --grpc-addr 127.0.0.1:50052 --data-dir ./data/aggregates`, or inside the
+//! all-in-one `allezon` binary.
+
+pub mod grpc;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use allezon_core::config::{DataDirArgs, GrpcAddrArgs};
+use allezon_core::shutdown::Shutdown;
+use allezon_proto::v1::aggregate_service_server::AggregateServiceServer;
+use allezon_storage::Store;
+use clap::Args;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+pub use grpc::AggregateGrpc;
+pub use store::{AggregateStore, EmbeddedAggregateStore};
+
+pub const SERVICE_NAME: &str =
+    <AggregateServiceServer<AggregateGrpc<EmbeddedAggregateStore>> as NamedService>::NAME;
+
+/// How often expired cells are looked for.
+const RETENTION_EVERY: Duration = Duration::from_secs(30);
+
+pub fn service<S: AggregateStore>(store: Arc<S>) -> AggregateServiceServer<AggregateGrpc<S>> {
+    AggregateServiceServer::new(AggregateGrpc::new(store))
+        .max_decoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
+}
+
+/// Drops cells older than 24 hours of event time, until `shutdown`.
+pub async fn run_retention(store: EmbeddedAggregateStore, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.drop_expired()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "dropped expired aggregate cells"),
+            Ok(Err(err)) => tracing::warn!(%err, "dropping expired cells failed"),
+            Err(err) => tracing::warn!(%err, "retention task failed"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub grpc: GrpcAddrArgs,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+/// Runs aggregate-svc alone until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.grpc.grpc_addr).await?;
+    let store =
+        EmbeddedAggregateStore::open(&Store::open(&config.data.data_dir.join("aggregates"))?)?;
+    tokio::spawn(run_retention(store.clone(), shutdown.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "aggregate-svc listening");
+    let routes = Routes::new(service(Arc::new(store)));
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
+    Ok(())
+}

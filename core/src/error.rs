@@ -18,6 +18,9 @@ pub enum ErrorKind {
     NotFound,
     /// The route exists but not for this method.
     MethodNotAllowed,
+    /// The request conflicts with the current state (for example a batch that
+    /// overlaps what was already applied); re-read the state and retry.
+    Conflict,
     /// A backend is down or overloaded; retrying later may work.
     Unavailable,
     /// The request took longer than its deadline.
@@ -73,6 +76,7 @@ impl Error {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,6 +89,7 @@ impl Error {
             ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::MethodNotAllowed => Code::Unimplemented,
+            ErrorKind::Conflict => Code::FailedPrecondition,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorKind::Internal => Code::Internal,
@@ -94,9 +99,8 @@ impl Error {
     /// Reads back an error that crossed a gRPC hop, inverting [`Self::grpc_code`].
     pub fn from_status(status: &tonic::Status) -> Self {
         let kind = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                ErrorKind::InvalidInput
-            }
+            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidInput,
+            Code::FailedPrecondition => ErrorKind::Conflict,
             Code::ResourceExhausted => ErrorKind::PayloadTooLarge,
             Code::NotFound => ErrorKind::NotFound,
             Code::Unimplemented => ErrorKind::MethodNotAllowed,
@@ -131,6 +135,7 @@ mod tests {
             ErrorKind::PayloadTooLarge,
             ErrorKind::NotFound,
             ErrorKind::MethodNotAllowed,
+            ErrorKind::Conflict,
             ErrorKind::Unavailable,
             ErrorKind::DeadlineExceeded,
             ErrorKind::Internal,

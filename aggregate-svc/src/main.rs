@@ -1,0 +1,16 @@
+use clap::Parser;
+
+/// aggregate-svc: per-minute aggregate cells over gRPC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: aggregate_svc::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("aggregate-svc");
+    aggregate_svc::run(cli.config, allezon_core::shutdown::on_signal()).await
+}

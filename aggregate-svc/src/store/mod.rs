@@ -1,0 +1,59 @@
+//! Where cells live: the [`AggregateStore`] trait and its embedded
+//! implementation.
+
+mod embedded;
+
+use std::future::Future;
+
+use allezon_core::Result;
+use allezon_core::cells::{CellKey, Totals};
+
+pub use embedded::EmbeddedAggregateStore;
+
+/// Cells older than this many minutes behind the newest event are dropped.
+pub const RETENTION_MINUTES: i64 = 24 * 60;
+
+/// Increments folded from one contiguous run of one log partition.
+#[derive(Debug, Clone)]
+pub struct DeltaBatch {
+    pub partition: u32,
+    /// Offset of the first record folded.
+    pub start: u64,
+    /// One past the last record folded.
+    pub next: u64,
+    pub deltas: Vec<(CellKey, Totals)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// The batch had been applied before; nothing changed.
+    Replayed,
+}
+
+/// Which cells a query reads: the action and the filter ids, 0 for absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellFilter {
+    pub action: allezon_core::Action,
+    pub origin: u32,
+    pub brand: u32,
+    pub category: u32,
+}
+
+pub trait AggregateStore: Send + Sync + 'static {
+    /// Applies `batch` exactly once: a batch ending at or below the
+    /// partition's watermark is a replay and changes nothing; one that
+    /// overlaps it in part is refused (the caller re-reads the watermark).
+    fn apply(&self, batch: DeltaBatch) -> impl Future<Output = Result<Applied>> + Send;
+
+    /// Per partition, the offset after the last applied record (0: none).
+    fn watermarks(&self, partitions: &[u32]) -> impl Future<Output = Result<Vec<u64>>> + Send;
+
+    /// Totals of each minute in `[from_minute, to_minute)`, zeros included.
+    fn query(
+        &self,
+        filter: CellFilter,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> impl Future<Output = Result<Vec<Totals>>> + Send;
+}

@@ -1,0 +1,16 @@
+use clap::Parser;
+
+/// id-svc: stable ids for origin, brand and category strings, over gRPC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: id_svc::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("id-svc");
+    id_svc::run(cli.config, allezon_core::shutdown::on_signal()).await
+}
