@@ -1,0 +1,274 @@
+//! The worker loop: poll the log, fold each partition's run of records into
+//! cells, apply them through aggregate-svc, and only then commit.
+//!
+//! Exactly once: aggregate-svc keeps, per partition, the offset after the last
+//! applied batch, written atomically with the cells. The worker starts each
+//! partition there (not at the log's commit, which may lag), so a crash
+//! between apply and commit replays nothing; and a batch sent twice (a retry
+//! after a lost answer) is recognised and skipped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use allezon_core::cells::{Fold, FoldInput};
+use allezon_core::shutdown::Shutdown;
+use allezon_core::{Action, ErrorKind};
+use allezon_proto::v1 as pb;
+use event_log::{LogConsumer, LogError, Record};
+use pb::aggregate_service_client::AggregateServiceClient;
+use prost::Message;
+use thiserror::Error;
+use tonic::transport::Channel;
+
+use crate::ids::IdCache;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Most records folded into one batch.
+    pub batch_max: usize,
+    /// Longest a record waits before its batch is applied; keeps aggregates
+    /// fresh at low traffic.
+    pub flush_every: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 10_000,
+            flush_every: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("aggregate-svc: {0}")]
+    Aggregates(tonic::Status),
+}
+
+pub struct Worker<C> {
+    consumer: C,
+    ids: IdCache,
+    aggregates: AggregateServiceClient<Channel>,
+    config: WorkerConfig,
+    /// The consumer generation whose partitions were positioned.
+    positioned: Option<u64>,
+}
+
+/// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<C: LogConsumer> Worker<C> {
+    pub fn new(
+        consumer: C,
+        ids: pb::id_service_client::IdServiceClient<Channel>,
+        aggregates: AggregateServiceClient<Channel>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            consumer,
+            ids: IdCache::new(ids),
+            aggregates,
+            config,
+            positioned: None,
+        }
+    }
+
+    /// Runs until `shutdown`. Transient failures of the services are retried
+    /// with backoff; the batch in hand is finished before stopping.
+    pub async fn run(mut self, shutdown: Shutdown) -> Result<(), WorkerError> {
+        let mut backoff = FIRST_BACKOFF;
+        while !shutdown.is_cancelled() {
+            match self.step(&shutdown).await {
+                Ok(()) => backoff = FIRST_BACKOFF,
+                Err(WorkerError::Aggregates(status)) if transient(&status) => {
+                    tracing::warn!(%status, ?backoff, "aggregate path unavailable, retrying");
+                    // Re-read the watermarks: the failed call may have landed.
+                    self.positioned = None;
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::info!("ingest worker stopped");
+        Ok(())
+    }
+
+    /// One poll and its batches.
+    async fn step(&mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
+        self.position().await?;
+        let records = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            records = self.consumer.poll(self.config.batch_max, self.config.flush_every) => records?,
+        };
+        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for record in records {
+            by_partition
+                .entry(record.partition)
+                .or_default()
+                .push(record);
+        }
+        for (partition, records) in by_partition {
+            self.apply(partition, &records).await?;
+        }
+        Ok(())
+    }
+
+    /// After a start or a rebalance, moves every assigned partition to where
+    /// aggregate-svc says its applied records end.
+    async fn position(&mut self) -> Result<(), WorkerError> {
+        let generation = self.consumer.generation();
+        if self.positioned == Some(generation) {
+            return Ok(());
+        }
+        let partitions = self.consumer.assignment();
+        let watermarks = self
+            .aggregates
+            .get_watermarks(pb::GetWatermarksRequest {
+                partitions: partitions.clone(),
+            })
+            .await
+            .map_err(WorkerError::Aggregates)?
+            .into_inner()
+            .next_offsets;
+        for (partition, watermark) in partitions.into_iter().zip(watermarks) {
+            // 0 means nothing applied yet: keep the log's committed position.
+            if watermark > 0 {
+                self.consumer.seek(partition, watermark)?;
+            }
+        }
+        self.positioned = Some(generation);
+        Ok(())
+    }
+
+    /// Folds one partition's run of records and applies it, then commits.
+    async fn apply(&mut self, partition: u32, records: &[Record]) -> Result<(), WorkerError> {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(());
+        };
+        let (start, next) = (first.offset, last.offset + 1);
+        let tags: Vec<pb::UserTag> = records.iter().filter_map(decode).collect();
+        self.ids
+            .resolve(tags.iter().flat_map(|t| names(t).into_iter()))
+            .await
+            .map_err(WorkerError::Aggregates)?;
+
+        let mut fold = Fold::default();
+        for tag in &tags {
+            if let Some(input) = self.fold_input(tag) {
+                // Overflow needs 2^63 in one batch; drop the tag loudly
+                // rather than wrap.
+                if fold.add(input).is_err() {
+                    tracing::error!(partition, "aggregate overflow, tag skipped");
+                }
+            }
+        }
+        let deltas = fold
+            .into_cells()
+            .map(|(key, totals)| to_delta(key, totals))
+            .collect();
+        let request = pb::ApplyDeltasRequest {
+            partition,
+            start_offset: start,
+            next_offset: next,
+            deltas,
+        };
+        match self.aggregates.apply_deltas(request).await {
+            Ok(_) => {}
+            Err(status)
+                if allezon_core::Error::from_status(&status).kind() == ErrorKind::Conflict =>
+            {
+                // Someone else moved this partition on (a replaced worker, or
+                // a rebalance): re-read where it stands and continue there.
+                tracing::warn!(partition, %status, "batch does not follow the watermark; repositioning");
+                self.positioned = None;
+                return Ok(());
+            }
+            Err(status) => return Err(WorkerError::Aggregates(status)),
+        }
+        self.consumer.commit(partition, next).await?;
+        tracing::debug!(partition, start, next, "batch applied and committed");
+        Ok(())
+    }
+
+    fn fold_input(&self, tag: &pb::UserTag) -> Option<FoldInput> {
+        let info = tag.product_info.as_ref()?;
+        Some(FoldInput {
+            time_ms: tag.time_ms,
+            action: Action::try_from(tag.action).ok()?,
+            origin: self.ids.get(pb::Dimension::Origin, &tag.origin)?,
+            brand: self.ids.get(pb::Dimension::Brand, &info.brand_id)?,
+            category: self.ids.get(pb::Dimension::Category, &info.category_id)?,
+            price: info.price,
+        })
+    }
+}
+
+fn decode(record: &Record) -> Option<pb::UserTag> {
+    match pb::TagEvent::decode(record.payload.as_slice()) {
+        Ok(pb::TagEvent { tag: Some(tag), .. }) => Some(tag),
+        Ok(_) | Err(_) => {
+            // A record the gateway did not write; it cannot be counted, and
+            // blocking the partition on it would stop all counting.
+            tracing::error!(
+                partition = record.partition,
+                offset = record.offset,
+                "undecodable log record skipped"
+            );
+            None
+        }
+    }
+}
+
+fn names(tag: &pb::UserTag) -> [(pb::Dimension, &str); 3] {
+    let (brand, category) = tag
+        .product_info
+        .as_ref()
+        .map_or(("", ""), |i| (i.brand_id.as_str(), i.category_id.as_str()));
+    [
+        (pb::Dimension::Origin, tag.origin.as_str()),
+        (pb::Dimension::Brand, brand),
+        (pb::Dimension::Category, category),
+    ]
+}
+
+fn to_delta(
+    key: allezon_core::cells::CellKey,
+    totals: allezon_core::cells::Totals,
+) -> pb::CellDelta {
+    let key = Some(pb::CellKey {
+        action: pb::Action::from(key.action) as i32,
+        origin_id: key.origin,
+        brand_id: key.brand,
+        category_id: key.category,
+        minute: key.minute,
+    });
+    match totals.pack() {
+        Some(packed) => pb::CellDelta {
+            key,
+            packed,
+            ..Default::default()
+        },
+        None => pb::CellDelta {
+            key,
+            wide: true,
+            count: totals.count,
+            sum: totals.sum,
+            ..Default::default()
+        },
+    }
+}
+
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        allezon_core::Error::from_status(status).kind(),
+        ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Internal
+    )
+}

@@ -1,0 +1,171 @@
+//! The worker is killed again and again in the middle of its batches; after
+//! each restart it must neither lose nor double-count a tag.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregate_svc::EmbeddedAggregateStore;
+use aggregate_svc::store::{AggregateStore, CellFilter};
+use allezon_core::Action;
+use allezon_core::cells::Totals;
+use allezon_core::shutdown::Shutdown;
+use allezon_proto::v1 as pb;
+use allezon_storage::Store;
+use event_log::{EmbeddedLog, EventLog};
+use id_svc::{EmbeddedIdStore, IdStore};
+use ingest_worker::{Worker, WorkerConfig};
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Channel;
+
+const TAGS: i64 = 6_000;
+
+fn tag(n: i64) -> pb::UserTag {
+    pb::UserTag {
+        time_ms: 1_646_092_800_000 + n * 17,
+        cookie: format!("c{}", n % 97),
+        country: "PL".into(),
+        device: pb::Device::Pc as i32,
+        action: if n % 3 == 0 {
+            pb::Action::Buy
+        } else {
+            pb::Action::View
+        } as i32,
+        origin: format!("o{}", n % 5),
+        product_info: Some(pb::ProductInfo {
+            product_id: Some(pb::product_info::ProductId::ProductIdNumber(n)),
+            brand_id: format!("b{}", n % 4),
+            category_id: format!("k{}", n % 3),
+            // Negative prices and large ones, to exercise the wide form.
+            price: ((n * 7919) % 2_000_001 - 1_000_000) as i32 * 1000,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_mid_batch_neither_loses_nor_double_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = EmbeddedLog::open(&store, 2).unwrap();
+    let aggregates = EmbeddedAggregateStore::open(&store).unwrap();
+    let ids = EmbeddedIdStore::open(&store).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let services = Shutdown::new();
+    let routes = Routes::new(aggregate_svc::service(Arc::new(aggregates.clone())))
+        .add_service(id_svc::service(ids.clone()));
+    tokio::spawn(allezon_core::grpc::serve(
+        listener,
+        routes,
+        &[],
+        services.clone(),
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+
+    for n in 0..TAGS {
+        let t = tag(n);
+        let event = pb::TagEvent {
+            tag: Some(t.clone()),
+            traceparent: String::new(),
+        };
+        log.append(t.cookie.as_bytes(), event.encode_to_vec())
+            .await
+            .unwrap();
+    }
+
+    // Small batches, so that kills land between apply and commit often.
+    let config = WorkerConfig {
+        batch_max: 97,
+        flush_every: Duration::from_millis(5),
+    };
+    let mut kills = 0;
+    loop {
+        let worker = Worker::new(
+            log.consumer("ingest").unwrap(),
+            pb::id_service_client::IdServiceClient::new(channel.clone()),
+            pb::aggregate_service_client::AggregateServiceClient::new(channel.clone()),
+            config.clone(),
+        );
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        // A pseudo-random lifetime of 1 to 40 ms, then a hard abort: the task
+        // is dropped at whatever await it is in, like a killed process.
+        tokio::time::sleep(Duration::from_millis(1 + (kills * 7919) % 40)).await;
+        task.abort();
+        let _ = task.await;
+        kills += 1;
+        let done = aggregates.watermarks(&[0, 1]).await.unwrap();
+        if done == [log.end_offset(0), log.end_offset(1)] {
+            break;
+        }
+        assert!(kills < 2_000, "the worker makes no progress");
+    }
+    assert!(
+        kills > 3,
+        "the test should kill the worker several times, killed {kills}"
+    );
+
+    // Compare every filter combination, minute by minute, with a naive model.
+    let names = |dim: pb::Dimension, values: Vec<String>| {
+        let ids = ids.clone();
+        async move {
+            let named: Vec<_> = values.iter().map(|v| (dim, v.clone())).collect();
+            ids.lookup(named).await.unwrap()
+        }
+    };
+    let origins = names(
+        pb::Dimension::Origin,
+        (0..5).map(|i| format!("o{i}")).collect(),
+    )
+    .await;
+    let brands = names(
+        pb::Dimension::Brand,
+        (0..4).map(|i| format!("b{i}")).collect(),
+    )
+    .await;
+    let cats = names(
+        pb::Dimension::Category,
+        (0..3).map(|i| format!("k{i}")).collect(),
+    )
+    .await;
+    let first_minute = 1_646_092_800_000 / 60_000;
+    let minutes = (TAGS * 17) / 60_000 + 1;
+    for action in Action::ALL {
+        for o in 0..=5usize {
+            for b in 0..=4usize {
+                for c in 0..=3usize {
+                    let filter = CellFilter {
+                        action,
+                        origin: if o == 5 { 0 } else { origins[o] },
+                        brand: if b == 4 { 0 } else { brands[b] },
+                        category: if c == 3 { 0 } else { cats[c] },
+                    };
+                    let got = aggregates
+                        .query(filter, first_minute, first_minute + minutes)
+                        .await
+                        .unwrap();
+                    let mut want = vec![Totals::default(); minutes as usize];
+                    for n in 0..TAGS {
+                        let t = tag(n);
+                        let info = t.product_info.as_ref().unwrap();
+                        let matches = Action::try_from(t.action).unwrap() == action
+                            && (o == 5 || t.origin == format!("o{o}"))
+                            && (b == 4 || info.brand_id == format!("b{b}"))
+                            && (c == 3 || info.category_id == format!("k{c}"));
+                        if matches {
+                            let m = (t.time_ms / 60_000 - first_minute) as usize;
+                            want[m].count += 1;
+                            want[m].sum += i64::from(info.price);
+                        }
+                    }
+                    assert_eq!(got, want, "{filter:?}");
+                }
+            }
+        }
+    }
+    services.cancel();
+}
