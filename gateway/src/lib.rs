@@ -3,8 +3,13 @@
 //! Serves the external contract (`POST /user_tags`, `POST
 //! /user_profiles/{cookie}`, `POST /aggregates`) and turns it into gRPC calls
 //! to the services. It owns everything HTTP: status codes, JSON errors, body
-//! limits, request ids. Run it alone with `cargo run -p gateway --
-//! --http-addr 127.0.0.1:8080 --profile-svc http://127.0.0.1:50051`.
+//! limits, request ids.
+//!
+//! Run alone: `cargo run -p gateway -- --http-addr 127.0.0.1:8080
+//! --profile-svc http://127.0.0.1:50051 --aggregate-svc http://127.0.0.1:50052
+//! --id-svc http://127.0.0.1:50053 --data-dir ./data/gateway`. With the
+//! embedded event log, which lives in this process's data directory, the
+//! ingest worker runs inside the gateway process too.
 
 pub mod backends;
 pub mod error;
@@ -12,13 +17,23 @@ mod routes;
 mod stack;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use allezon_core::config::DataDirArgs;
 use allezon_core::shutdown::Shutdown;
+use allezon_proto::v1::aggregate_service_client::AggregateServiceClient;
+use allezon_proto::v1::id_service_client::IdServiceClient;
+use allezon_storage::Store;
 use axum::Router;
 use clap::Args;
+use event_log::EmbeddedLog;
+use ingest_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 
-pub use backends::Backends;
+pub use backends::{Backends, Endpoints, TagSink};
+
+/// Consumer group of the ingest workers on the event log.
+pub const WORKER_GROUP: &str = "ingest-worker";
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -32,6 +47,18 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub profile_svc: String,
+    /// gRPC endpoint of aggregate-svc.
+    #[arg(
+        long,
+        env = "ALLEZON_AGGREGATE_SVC",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub aggregate_svc: String,
+    /// gRPC endpoint of id-svc.
+    #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
+    pub id_svc: String,
+    #[command(flatten)]
+    pub data: DataDirArgs,
 }
 
 /// The whole HTTP application: routes and middleware.
@@ -50,11 +77,41 @@ pub async fn serve(
         .await
 }
 
-/// Runs the gateway alone until `shutdown`.
+/// An ingest worker on the embedded log, calling the services at `endpoints`.
+pub fn embedded_worker(
+    log: &EmbeddedLog,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Worker<event_log::EmbeddedConsumer>> {
+    let ids = IdServiceClient::new(backends::channel(&endpoints.id_svc)?);
+    let aggregates = AggregateServiceClient::new(backends::channel(&endpoints.aggregate_svc)?)
+        .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES);
+    Ok(Worker::new(
+        log.consumer(WORKER_GROUP)?,
+        ids,
+        aggregates,
+        WorkerConfig::default(),
+    ))
+}
+
+/// Runs the gateway alone (with its embedded log and worker) until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let backends = Backends::connect_lazy(&config.profile_svc)?;
+    let endpoints = Endpoints {
+        profile_svc: config.profile_svc,
+        aggregate_svc: config.aggregate_svc,
+        id_svc: config.id_svc,
+    };
+    let store = Store::open(&config.data.data_dir.join("gateway"))?;
+    let log = EmbeddedLog::open(&store, 1)?;
+    let worker_shutdown = Shutdown::new();
+    let worker = tokio::spawn(embedded_worker(&log, &endpoints)?.run(worker_shutdown.clone()));
+
+    let backends = Backends::connect_lazy(&endpoints, Arc::new(log))?;
     let listener = TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     serve(listener, backends, shutdown).await?;
+    // The worker stops after the gateway has drained, so every tag it
+    // accepted is folded before exit or, at worst, on the next start.
+    worker_shutdown.cancel();
+    worker.await??;
     Ok(())
 }

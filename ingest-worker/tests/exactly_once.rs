@@ -117,32 +117,32 @@ async fn killing_the_worker_mid_batch_neither_loses_nor_double_counts() {
             ids.lookup(named).await.unwrap()
         }
     };
-    let origins = names(
-        pb::Dimension::Origin,
-        (0..5).map(|i| format!("o{i}")).collect(),
-    )
-    .await;
-    let brands = names(
-        pb::Dimension::Brand,
-        (0..4).map(|i| format!("b{i}")).collect(),
-    )
-    .await;
-    let cats = names(
-        pb::Dimension::Category,
-        (0..3).map(|i| format!("k{i}")).collect(),
-    )
-    .await;
+    // Each filter: every known value with its id, and "absent" (id 0).
+    let choices = |prefix: &'static str, n: usize, dim: pb::Dimension| {
+        let values: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        let names = names(dim, values.clone());
+        async move {
+            let ids = names.await;
+            let mut out: Vec<(Option<String>, u32)> =
+                values.into_iter().map(Some).zip(ids).collect();
+            out.push((None, 0));
+            out
+        }
+    };
+    let origins = choices("o", 5, pb::Dimension::Origin).await;
+    let brands = choices("b", 4, pb::Dimension::Brand).await;
+    let categories = choices("k", 3, pb::Dimension::Category).await;
     let first_minute = 1_646_092_800_000 / 60_000;
     let minutes = (TAGS * 17) / 60_000 + 1;
     for action in Action::ALL {
-        for o in 0..=5usize {
-            for b in 0..=4usize {
-                for c in 0..=3usize {
+        for (origin, origin_id) in &origins {
+            for (brand, brand_id) in &brands {
+                for (category, category_id) in &categories {
                     let filter = CellFilter {
                         action,
-                        origin: if o == 5 { 0 } else { origins[o] },
-                        brand: if b == 4 { 0 } else { brands[b] },
-                        category: if c == 3 { 0 } else { cats[c] },
+                        origin: *origin_id,
+                        brand: *brand_id,
+                        category: *category_id,
                     };
                     let got = aggregates
                         .query(filter, first_minute, first_minute + minutes)
@@ -153,9 +153,9 @@ async fn killing_the_worker_mid_batch_neither_loses_nor_double_counts() {
                         let t = tag(n);
                         let info = t.product_info.as_ref().unwrap();
                         let matches = Action::try_from(t.action).unwrap() == action
-                            && (o == 5 || t.origin == format!("o{o}"))
-                            && (b == 4 || info.brand_id == format!("b{b}"))
-                            && (c == 3 || info.category_id == format!("k{c}"));
+                            && origin.as_ref().is_none_or(|o| t.origin == *o)
+                            && brand.as_ref().is_none_or(|b| info.brand_id == *b)
+                            && category.as_ref().is_none_or(|c| info.category_id == *c);
                         if matches {
                             let m = (t.time_ms / 60_000 - first_minute) as usize;
                             want[m].count += 1;

@@ -112,6 +112,6 @@ mod tests {
         }
         // Every writer waited for a sync; grouping means far fewer syncs ran.
         let syncs = store.commit.syncs();
-        assert!(syncs >= 1 && syncs < 500, "{syncs} syncs for 500 writers");
+        assert!((1..500).contains(&syncs), "{syncs} syncs for 500 writers");
     }
 }

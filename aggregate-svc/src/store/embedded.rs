@@ -179,7 +179,7 @@ impl AggregateStore for EmbeddedAggregateStore {
                     None => Totals::default(),
                 };
                 let new = old
-                    .add(*delta)
+                    .checked_add(*delta)
                     .map_err(|e| Error::internal(e.to_string()))?;
                 write.insert(&self.inner.cells, key, encode(new));
             }

@@ -3,6 +3,10 @@
 //!
 //! One test binary (`autotests = false`) so the suite links once.
 
+// Test helpers panic on anything unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used)]
+
+mod aggregates;
 mod bad_input;
 mod durability;
 mod profiles;

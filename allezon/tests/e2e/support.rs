@@ -145,7 +145,7 @@ pub fn expected_profile(
     let list = |action: &str| {
         let mut of_action: Vec<&(i64, Value)> =
             tags.iter().filter(|(_, t)| t["action"] == action).collect();
-        of_action.sort_by(|a, b| b.0.cmp(&a.0));
+        of_action.sort_by_key(|t| std::cmp::Reverse(t.0));
         of_action
             .into_iter()
             .take(200)

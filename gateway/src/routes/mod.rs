@@ -1,5 +1,6 @@
 //! The three endpoints of the contract, and JSON answers for everything else.
 
+mod aggregates;
 mod profiles;
 mod tags;
 
@@ -26,6 +27,10 @@ pub fn router(backends: Backends) -> Router {
         .route(
             "/user_profiles/{cookie}",
             post(profiles::post_user_profile).layer(DefaultBodyLimit::max(QUERY_BODY_LIMIT)),
+        )
+        .route(
+            "/aggregates",
+            post(aggregates::post_aggregates).layer(DefaultBodyLimit::max(QUERY_BODY_LIMIT)),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

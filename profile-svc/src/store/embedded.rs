@@ -66,7 +66,7 @@ impl ProfileStore for EmbeddedProfileStore {
         key[hash_at..].copy_from_slice(&hash.to_be_bytes());
 
         self.tags.insert(key, value).map_err(storage_error)?;
-        if hash % TRIM_EVERY == 0 {
+        if hash.is_multiple_of(TRIM_EVERY) {
             self.trim(&prefix).map_err(storage_error)?;
         }
         self.store.sync().await.map_err(storage_error)
