@@ -26,9 +26,14 @@ use crate::ids::IdCache;
 pub struct WorkerConfig {
     /// Most records folded into one batch.
     pub batch_max: usize,
-    /// Longest a record waits before its batch is applied; keeps aggregates
-    /// fresh at low traffic.
+    /// Longest the worker waits for a first record before checking for
+    /// shutdown and rebalances again.
     pub flush_every: Duration,
+    /// After a first record arrives, how long to let more accumulate before
+    /// folding. Larger batches fold more tags into each cell and cost one
+    /// aggregate-svc call and one fsync for all of them; this bounds the delay
+    /// a tag sees before it is counted.
+    pub linger: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -36,6 +41,7 @@ impl Default for WorkerConfig {
         Self {
             batch_max: 10_000,
             flush_every: Duration::from_millis(250),
+            linger: Duration::from_millis(100),
         }
     }
 }
@@ -104,10 +110,16 @@ impl<C: LogConsumer> Worker<C> {
     /// One poll and its batches.
     async fn step(&mut self, shutdown: &Shutdown) -> Result<(), WorkerError> {
         self.position().await?;
-        let records = tokio::select! {
+        let mut records = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             records = self.consumer.poll(self.config.batch_max, self.config.flush_every) => records?,
         };
+        if !records.is_empty() && records.len() < self.config.batch_max {
+            // Finishing the batch is part of shutting down, so no select here.
+            tokio::time::sleep(self.config.linger).await;
+            let room = self.config.batch_max - records.len();
+            records.extend(self.consumer.poll(room, Duration::ZERO).await?);
+        }
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         for record in records {
             by_partition

@@ -81,6 +81,7 @@ async fn killing_the_worker_mid_batch_neither_loses_nor_double_counts() {
     let config = WorkerConfig {
         batch_max: 97,
         flush_every: Duration::from_millis(5),
+        linger: Duration::from_millis(1),
     };
     let mut kills = 0;
     loop {
