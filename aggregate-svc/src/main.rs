@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
 /// aggregate-svc: per-minute aggregate cells over gRPC.
 #[derive(Parser)]
 #[command(version, about)]

@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
 /// Allezon, all in one process on the embedded backends.
 #[derive(Parser)]
 #[command(version, about)]

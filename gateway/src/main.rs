@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
 /// gateway: Allezon's REST API, backed by the gRPC services.
 #[derive(Parser)]
 #[command(version, about)]

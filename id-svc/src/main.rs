@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
 /// id-svc: stable ids for origin, brand and category strings, over gRPC.
 #[derive(Parser)]
 #[command(version, about)]

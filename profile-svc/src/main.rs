@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
 /// profile-svc: per-cookie profiles over gRPC.
 #[derive(Parser)]
 #[command(version, about)]

@@ -12,14 +12,18 @@ function setup(thread)
 end
 
 function init(args)
+  -- Ids are unique per thread; event time advances 1 ms per request in every
+  -- thread, so all threads write the same recent minutes, as live traffic does.
   n = thread_id * 1000000000
+  t = 0
 end
 
 request = function()
   n = n + 1
-  local ms = n % 1000
-  local s = math.floor(n / 1000) % 60
-  local m = math.floor(n / 60000) % 60
+  t = t + 1
+  local ms = t % 1000
+  local s = math.floor(t / 1000) % 60
+  local m = math.floor(t / 60000) % 60
   local action = (n % 10 == 0) and "BUY" or "VIEW"
   local body = string.format(
     '{"time":"2022-03-01T00:%02d:%02d.%03dZ","cookie":"cookie%015d","country":"PL","device":"PC",' ..
