@@ -1,0 +1,406 @@
+//! Sends the stream, issues the queries, and checks every answer.
+//!
+//! Freshness: a tag counts as *settled* for profiles once it was acknowledged
+//! 10 s ago, and for aggregates once 60 s ago (the contract's rules). Queries
+//! only ask about settled time; for profiles, tags not yet settled may or may
+//! not be visible, and the check accepts either (see [`crate::model`]).
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::model::{AggregateCheck, Model, ProfileCheck};
+use crate::stats::{Endpoint, EndpointStats, Outcome};
+use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE};
+
+pub const PROFILE_FRESHNESS: Duration = Duration::from_secs(10);
+pub const AGGREGATE_FRESHNESS: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: String,
+    pub seed: u64,
+    pub tags: u64,
+    /// Tags per second; `None` sends as fast as `max_in_flight` allows.
+    pub rate: Option<f64>,
+    pub max_in_flight: usize,
+    /// One profile query per this many tags (0: none).
+    pub profile_every: u64,
+    /// One aggregate query per this many tags (0: none).
+    pub aggregate_every: u64,
+}
+
+/// Which prefix of the stream is acknowledged, and since when.
+#[derive(Default)]
+struct Acks {
+    /// Every tag below this index is done (acknowledged or failed).
+    prefix: u64,
+    done_beyond: BTreeSet<u64>,
+    /// (when, prefix) samples, oldest first; pruned past the longest freshness.
+    history: VecDeque<(Instant, u64)>,
+}
+
+impl Acks {
+    fn done(&mut self, n: u64, now: Instant) {
+        self.done_beyond.insert(n);
+        let before = self.prefix;
+        while self.done_beyond.remove(&self.prefix) {
+            self.prefix += 1;
+        }
+        if self.prefix != before {
+            let recent = self.history.back().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_millis(10));
+            if recent {
+                if let Some(last) = self.history.back_mut() {
+                    last.1 = self.prefix;
+                }
+            } else {
+                self.history.push_back((now, self.prefix));
+            }
+            // Keep one sample older than the longest freshness window.
+            while self.history.len() > 1
+                && self.history.get(1).is_some_and(|(t, _)| now.duration_since(*t) > AGGREGATE_FRESHNESS)
+            {
+                self.history.pop_front();
+            }
+        }
+    }
+
+    /// Tags below the returned index were all done `age` ago or earlier.
+    fn settled(&self, age: Duration, now: Instant) -> u64 {
+        self.history
+            .iter()
+            .rev()
+            .find(|(t, _)| now.duration_since(*t) >= age)
+            .map_or(0, |(_, p)| *p)
+    }
+}
+
+struct State {
+    model: Model,
+    acks: Acks,
+    /// Cookies and minutes touched by a tag whose fate is unknown (error or
+    /// timeout): their answers cannot be predicted, so they are not asked.
+    poisoned_cookies: HashSet<u32>,
+    poisoned_minutes: HashSet<u64>,
+    stats: [EndpointStats; 3],
+}
+
+pub struct Driver {
+    plan: Plan,
+    stream: Stream,
+    client: reqwest::Client,
+    state: Mutex<State>,
+    permits: Semaphore,
+    started: Instant,
+}
+
+/// SplitMix64, for the tool's own deterministic choices.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Driver {
+    pub fn new(plan: Plan) -> anyhow::Result<Arc<Self>> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(plan.max_in_flight.max(1))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Arc::new(Self {
+            stream: Stream::new(plan.seed),
+            permits: Semaphore::new(plan.max_in_flight.max(1)),
+            plan,
+            client,
+            state: Mutex::new(State {
+                model: Model::default(),
+                acks: Acks::default(),
+                poisoned_cookies: HashSet::new(),
+                poisoned_minutes: HashSet::new(),
+                stats: Default::default(),
+            }),
+            started: Instant::now(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn stats(&self) -> [EndpointStats; 3] {
+        self.state().stats.clone()
+    }
+
+    /// Counts so far, for the progress line.
+    pub fn counts(&self) -> [(u64, u64); 3] {
+        let state = self.state();
+        state.stats.each_ref().map(|s| (s.correct, s.total() - s.correct))
+    }
+
+    /// Runs the whole plan; `sent` is told after every tag handed out.
+    pub async fn run(self: &Arc<Self>, sent: impl Fn(u64)) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..self.plan.tags {
+            if let Some(rate) = self.plan.rate {
+                let due = self.started + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let Ok(permit) = self.permits.acquire().await else { break };
+            permit.forget();
+            let me = Arc::clone(self);
+            tasks.spawn(async move { me.send_tag(n).await });
+            let q = n + 1;
+            if self.plan.profile_every > 0 && q % self.plan.profile_every == 0 {
+                let me = Arc::clone(self);
+                tasks.spawn(async move { me.profile_query(q).await });
+            }
+            if self.plan.aggregate_every > 0 && q % self.plan.aggregate_every == 0 {
+                let me = Arc::clone(self);
+                tasks.spawn(async move { me.aggregate_query(q).await });
+            }
+            sent(n + 1);
+            // Reap finished tasks so the set stays small on long runs.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn send_tag(self: Arc<Self>, n: u64) {
+        let tag = self.stream.tag(n);
+        self.state().model.record_sent(&tag);
+        let body = tag.to_json().to_string();
+        let url = format!("{}/user_tags", self.plan.target);
+        let request = self.client.post(url).header("content-type", "application/json").body(body);
+        let (outcome, latency, problem) = self.exchange(Endpoint::Tags, request, |status, _| {
+            if status == 204 { Ok(()) } else { Err(format!("status {status}")) }
+        })
+        .await;
+        self.permits.add_permits(1);
+        let mut state = self.state();
+        if outcome != Outcome::Correct {
+            state.poisoned_cookies.insert(tag.cookie);
+            state.poisoned_minutes.insert(n / TAGS_PER_MINUTE);
+        }
+        let now = Instant::now();
+        state.acks.done(n, now);
+        let at = now.duration_since(self.started);
+        state.stats[0].record(outcome, at, latency, problem.map(|p| format!("tag {n}: {p}")));
+    }
+
+    /// Sends `request` with the endpoint's client timeout, and judges the
+    /// answer with `check(status, body)`.
+    async fn exchange(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+        check: impl FnOnce(u16, &[u8]) -> Result<(), String>,
+    ) -> (Outcome, Duration, Option<String>) {
+        let start = Instant::now();
+        let answer = tokio::time::timeout(endpoint.timeout(), async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        })
+        .await;
+        let latency = start.elapsed();
+        match answer {
+            Err(_) => (Outcome::TimedOut, latency, Some(format!("no answer within {:?}", endpoint.timeout()))),
+            Ok(Err(err)) => (Outcome::Error, latency, Some(err.to_string())),
+            Ok(Ok((status, body))) if !(200..300).contains(&status) => (
+                Outcome::Error,
+                latency,
+                Some(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]))),
+            ),
+            Ok(Ok((status, body))) => match check(status, &body) {
+                Ok(()) => (Outcome::Correct, latency, None),
+                Err(diff) => (Outcome::Wrong, latency, Some(diff)),
+            },
+        }
+    }
+
+    /// Waits until `choose` finds something settled to ask about, or gives up
+    /// after `patience` (the query is then not made, and not counted).
+    async fn when_settled<T>(&self, patience: Duration, mut choose: impl FnMut(&State, Instant) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let now = Instant::now();
+            if let Some(choice) = choose(&self.state(), now) {
+                return Some(choice);
+            }
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn profile_query(self: Arc<Self>, q: u64) {
+        let stream = self.stream;
+        let seed = self.plan.seed;
+        let patience = PROFILE_FRESHNESS + Duration::from_secs(5);
+        let chosen = self
+            .when_settled(patience, |state, now| {
+                let settled = state.acks.settled(PROFILE_FRESHNESS, now);
+                choose_profile(&stream, seed, q, settled, state)
+            })
+            .await;
+        let Some(check) = chosen else { return };
+        let expected = check.expected_body(&stream).to_string();
+        let mut url = format!(
+            "{}/user_profiles/{}?time_range={}_{}",
+            self.plan.target,
+            crate::stream::Tag::cookie_name(check.cookie),
+            &allezon_core::time::format_tag_time(check.from_ms)[..23],
+            &allezon_core::time::format_tag_time(check.to_ms)[..23],
+        );
+        if let Some(limit) = check.limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        let Ok(permit) = self.permits.acquire().await else { return };
+        // Debug mode: the expected answer rides along as the body.
+        let request = self.client.post(&url).body(expected);
+        let (outcome, latency, problem) = self
+            .exchange(Endpoint::Profiles, request, |_, body| {
+                let answer: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                check.verify(&stream, &answer)
+            })
+            .await;
+        drop(permit);
+        let at = self.started.elapsed();
+        self.state().stats[1].record(outcome, at, latency, problem.map(|p| format!("{url}: {p}")));
+    }
+
+    async fn aggregate_query(self: Arc<Self>, q: u64) {
+        let stream = self.stream;
+        let seed = self.plan.seed;
+        let patience = AGGREGATE_FRESHNESS + Duration::from_secs(10);
+        let chosen = self
+            .when_settled(patience, |state, now| {
+                let settled = state.acks.settled(AGGREGATE_FRESHNESS, now);
+                choose_aggregate(&stream, seed, q, settled, state)
+            })
+            .await;
+        let Some(check) = chosen else { return };
+        let expected = check.expected(&stream);
+        let url = format!("{}/aggregates?{}", self.plan.target, check.query_string());
+        let Ok(permit) = self.permits.acquire().await else { return };
+        let request = self.client.post(&url).body(expected.to_string());
+        let (outcome, latency, problem) = self
+            .exchange(Endpoint::Aggregates, request, |_, body| {
+                let answer: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                if answer == expected { Ok(()) } else { Err(first_diff(&expected, &answer)) }
+            })
+            .await;
+        drop(permit);
+        let at = self.started.elapsed();
+        self.state().stats[2].record(outcome, at, latency, problem.map(|p| format!("{url}: {p}")));
+    }
+}
+
+/// A profile query about a settled tag's cookie, with a varied range and
+/// limit; `None` while nothing is settled.
+fn choose_profile(stream: &Stream, seed: u64, q: u64, settled: u64, state: &State) -> Option<ProfileCheck> {
+    if settled == 0 {
+        return None;
+    }
+    let r = |k: u64| mix(seed ^ 0x5052_4f46 ^ q.wrapping_mul(16).wrapping_add(k));
+    // Mostly recent tags, so hot cookies and fresh data get asked about.
+    let window = settled.min(200_000);
+    let pick = settled - 1 - r(0) % window;
+    let tag = stream.tag(pick);
+    if state.poisoned_cookies.contains(&tag.cookie) {
+        return None;
+    }
+    let settled_ms = START_MS + settled as i64;
+    let width = [1i64, 5, 50, 1_000, 60_000, 600_000, 86_400_000][(r(1) % 7) as usize];
+    let to_ms = (tag.time_ms() + 1 + (r(2) % width as u64) as i64).min(settled_ms);
+    let from_ms = to_ms - width;
+    let limit = [None, None, Some(1), Some(5), Some(50), Some(200), Some(1_000)][(r(3) % 7) as usize];
+    Some(state.model.profile_check(tag.cookie, from_ms, to_ms, limit, settled))
+}
+
+/// An aggregate query over settled whole minutes, with filters taken from a
+/// tag in range so that most answers are not all zeros.
+fn choose_aggregate(stream: &Stream, seed: u64, q: u64, settled: u64, state: &State) -> Option<AggregateCheck> {
+    let minutes = settled / TAGS_PER_MINUTE;
+    if minutes == 0 {
+        return None;
+    }
+    let r = |k: u64| mix(seed ^ 0x4147_4752 ^ q.wrapping_mul(16).wrapping_add(k));
+    let len = [1u64, 1, 2, 5, 10, 10, 30, 60][(r(0) % 8) as usize].min(minutes);
+    let from = minutes - len - r(1) % (minutes - len + 1);
+    let to = from + len;
+    if (from..to).any(|m| state.poisoned_minutes.contains(&m)) {
+        return None;
+    }
+    let sample = stream.tag(from * TAGS_PER_MINUTE + r(2) % (len * TAGS_PER_MINUTE));
+    let filters = r(3) % 8;
+    let aggregates = match r(4) % 4 {
+        0 => vec![true],
+        1 => vec![false],
+        2 => vec![true, false],
+        _ => vec![false, true],
+    };
+    Some(AggregateCheck {
+        buy: r(5) % 2 == 0,
+        from_minute: from,
+        to_minute: to,
+        aggregates,
+        origin: (filters & 1 != 0).then_some(sample.origin),
+        brand: (filters & 2 != 0).then_some(sample.brand),
+        category: (filters & 4 != 0).then_some(sample.category),
+    })
+}
+
+/// The first place two JSON answers differ, briefly.
+fn first_diff(expected: &Value, got: &Value) -> String {
+    match (expected, got) {
+        (Value::Object(e), Value::Object(g)) => {
+            for (k, ev) in e {
+                match g.get(k) {
+                    Some(gv) if gv == ev => {}
+                    Some(gv) => return format!("{k}: {}", first_diff(ev, gv)),
+                    None => return format!("missing `{k}`"),
+                }
+            }
+            "extra fields".to_owned()
+        }
+        (Value::Array(e), Value::Array(g)) => {
+            for (i, (ev, gv)) in e.iter().zip(g).enumerate() {
+                if ev != gv {
+                    return format!("[{i}]: {}", first_diff(ev, gv));
+                }
+            }
+            format!("{} items, expected {}", g.len(), e.len())
+        }
+        _ => format!("{got}, expected {expected}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_lags_the_acknowledged_prefix_by_the_freshness_window() {
+        let mut acks = Acks::default();
+        let t0 = Instant::now();
+        acks.done(1, t0);
+        assert_eq!(acks.prefix, 0, "tag 0 is still out");
+        acks.done(0, t0);
+        assert_eq!(acks.prefix, 2);
+        acks.done(2, t0 + Duration::from_secs(5));
+        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(9)), 0);
+        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(11)), 2);
+        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(16)), 3);
+    }
+}

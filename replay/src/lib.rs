@@ -1,0 +1,152 @@
+//! allezon-replay: proves a deployment right and fast enough before real
+//! traffic reaches it.
+//!
+//! It sends a deterministic stream of tags (per seed), asks profile and
+//! aggregate queries with the expected answer in the body (debug mode), checks
+//! every answer against its own reference model, and reports, per endpoint,
+//! correct, wrong, timed-out and failed requests with latency percentiles. It
+//! exits non-zero on any wrong answer, timeout or error.
+//!
+//! ```text
+//! allezon-replay --target http://127.0.0.1:8080 --tags 100000 --rate 2000 \
+//!     --report report.json --plot latency.svg
+//! ```
+
+pub mod driver;
+pub mod model;
+pub mod plot;
+pub mod stats;
+pub mod stream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use driver::{Driver, Plan};
+use stats::{Endpoint, Report};
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Base URL of the deployment's REST API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// Seed of the deterministic stream; the same seed sends the same tags.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of tags to send.
+    #[arg(long, default_value_t = 100_000)]
+    pub tags: u64,
+    /// Tags per second; omit to send as fast as --max-in-flight allows.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// One profile query per this many tags (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub profile_every: u64,
+    /// One aggregate query per this many tags (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub aggregate_every: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the latency plot (SVG) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress bar (for logs and CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs the replay and returns its report; `report.passed` is false on any
+/// wrong answer, timeout or error.
+pub async fn run(config: Config) -> anyhow::Result<Report> {
+    let plan = Plan {
+        target: config.target.trim_end_matches('/').to_owned(),
+        seed: config.seed,
+        tags: config.tags,
+        rate: config.rate,
+        max_in_flight: config.max_in_flight,
+        profile_every: config.profile_every,
+        aggregate_every: config.aggregate_every,
+    };
+    let driver = Driver::new(plan)?;
+    let bar = if config.quiet { ProgressBar::hidden() } else { ProgressBar::new(config.tags) };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tags {per_sec} {msg}")?
+            .progress_chars("=> "),
+    );
+    let ticker = {
+        let (driver, bar) = (Arc::clone(&driver), bar.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let [t, p, a] = driver.counts();
+                bar.set_message(format!(
+                    "ok/bad: tags {}/{} profiles {}/{} aggregates {}/{}",
+                    t.0, t.1, p.0, p.1, a.0, a.1
+                ));
+            }
+        })
+    };
+    driver.run(|sent| bar.set_position(sent)).await;
+    ticker.abort();
+    bar.finish();
+
+    let elapsed = driver.elapsed();
+    let stats = driver.stats();
+    let endpoints: Vec<_> = Endpoint::ALL
+        .iter()
+        .zip(&stats)
+        .map(|(e, s)| s.summary(*e, elapsed))
+        .collect();
+    let report = Report {
+        target: config.target.clone(),
+        seed: config.seed,
+        tags: config.tags,
+        target_rate: config.rate,
+        elapsed_s: elapsed.as_secs_f64(),
+        passed: stats.iter().all(|s| !s.failed()),
+        endpoints,
+    };
+    if let Some(path) = &config.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(path) = &config.plot {
+        let pairs: Vec<_> = Endpoint::ALL.iter().copied().zip(stats.iter()).collect();
+        plot::write_svg(path, &pairs)?;
+    }
+    Ok(report)
+}
+
+/// The report as a person reads it at the end of a run.
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "{} tags to {} in {:.1} s (seed {})\n{:<14} {:>9} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>8} {:>8}\n",
+        report.tags, report.target, report.elapsed_s, report.seed,
+        "endpoint", "requests", "correct", "wrong", "timed out", "errors", "rate/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for e in &report.endpoints {
+        out.push_str(&format!(
+            "{:<14} {:>9} {:>9} {:>6} {:>9} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2}\n",
+            e.endpoint, e.requests, e.correct, e.wrong, e.timed_out, e.errors, e.rate_per_s,
+            e.latency_ms.p50, e.latency_ms.p99, e.latency_ms.max
+        ));
+        for problem in &e.first_problems {
+            out.push_str(&format!("  {}: {}\n", e.endpoint, truncate(problem, 400)));
+        }
+    }
+    out.push_str(if report.passed { "PASSED\n" } else { "FAILED\n" });
+    out
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
