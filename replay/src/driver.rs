@@ -16,8 +16,9 @@ use crate::model::{AggregateCheck, Model, ProfileCheck};
 use crate::stats::{Endpoint, EndpointStats, Outcome};
 use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE};
 
-pub const PROFILE_FRESHNESS: Duration = Duration::from_secs(10);
-pub const AGGREGATE_FRESHNESS: Duration = Duration::from_secs(60);
+/// One query in this many carries a deliberately wrong debug body: a server
+/// that echoes the body instead of computing the answer gets caught.
+const WRONG_DEBUG_BODY_EVERY: u64 = 7;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -31,11 +32,17 @@ pub struct Plan {
     pub profile_every: u64,
     /// One aggregate query per this many tags (0: none).
     pub aggregate_every: u64,
+    /// How long after its acknowledgement a tag must show in profiles.
+    pub profile_freshness: Duration,
+    /// How long after its acknowledgement a tag must be counted.
+    pub aggregate_freshness: Duration,
 }
 
 /// Which prefix of the stream is acknowledged, and since when.
 #[derive(Default)]
 struct Acks {
+    /// The longest freshness window asked about.
+    keep_for: Duration,
     /// Every tag below this index is done (acknowledged or failed).
     prefix: u64,
     done_beyond: BTreeSet<u64>,
@@ -51,7 +58,10 @@ impl Acks {
             self.prefix += 1;
         }
         if self.prefix != before {
-            let recent = self.history.back().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_millis(10));
+            let recent = self
+                .history
+                .back()
+                .is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_millis(10));
             if recent {
                 if let Some(last) = self.history.back_mut() {
                     last.1 = self.prefix;
@@ -61,7 +71,10 @@ impl Acks {
             }
             // Keep one sample older than the longest freshness window.
             while self.history.len() > 1
-                && self.history.get(1).is_some_and(|(t, _)| now.duration_since(*t) > AGGREGATE_FRESHNESS)
+                && self
+                    .history
+                    .get(1)
+                    .is_some_and(|(t, _)| now.duration_since(*t) > self.keep_for)
             {
                 self.history.pop_front();
             }
@@ -114,16 +127,19 @@ impl Driver {
         Ok(Arc::new(Self {
             stream: Stream::new(plan.seed),
             permits: Semaphore::new(plan.max_in_flight.max(1)),
-            plan,
             client,
             state: Mutex::new(State {
                 model: Model::default(),
-                acks: Acks::default(),
+                acks: Acks {
+                    keep_for: plan.profile_freshness.max(plan.aggregate_freshness),
+                    ..Acks::default()
+                },
                 poisoned_cookies: HashSet::new(),
                 poisoned_minutes: HashSet::new(),
                 stats: Default::default(),
             }),
             started: Instant::now(),
+            plan,
         }))
     }
 
@@ -142,7 +158,10 @@ impl Driver {
     /// Counts so far, for the progress line.
     pub fn counts(&self) -> [(u64, u64); 3] {
         let state = self.state();
-        state.stats.each_ref().map(|s| (s.correct, s.total() - s.correct))
+        state
+            .stats
+            .each_ref()
+            .map(|s| (s.correct, s.total() - s.correct))
     }
 
     /// Runs the whole plan; `sent` is told after every tag handed out.
@@ -153,7 +172,9 @@ impl Driver {
                 let due = self.started + Duration::from_secs_f64(n as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            let Ok(permit) = self.permits.acquire().await else { break };
+            let Ok(permit) = self.permits.acquire().await else {
+                break;
+            };
             permit.forget();
             let me = Arc::clone(self);
             tasks.spawn(async move { me.send_tag(n).await });
@@ -178,11 +199,20 @@ impl Driver {
         self.state().model.record_sent(&tag);
         let body = tag.to_json().to_string();
         let url = format!("{}/user_tags", self.plan.target);
-        let request = self.client.post(url).header("content-type", "application/json").body(body);
-        let (outcome, latency, problem) = self.exchange(Endpoint::Tags, request, |status, _| {
-            if status == 204 { Ok(()) } else { Err(format!("status {status}")) }
-        })
-        .await;
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        let (outcome, latency, problem) = self
+            .exchange(Endpoint::Tags, request, |status, _| {
+                if status == 204 {
+                    Ok(())
+                } else {
+                    Err(format!("status {status}"))
+                }
+            })
+            .await;
         self.permits.add_permits(1);
         let mut state = self.state();
         if outcome != Outcome::Correct {
@@ -192,7 +222,12 @@ impl Driver {
         let now = Instant::now();
         state.acks.done(n, now);
         let at = now.duration_since(self.started);
-        state.stats[0].record(outcome, at, latency, problem.map(|p| format!("tag {n}: {p}")));
+        state.stats[0].record(
+            outcome,
+            at,
+            latency,
+            problem.map(|p| format!("tag {n}: {p}")),
+        );
     }
 
     /// Sends `request` with the endpoint's client timeout, and judges the
@@ -213,12 +248,19 @@ impl Driver {
         .await;
         let latency = start.elapsed();
         match answer {
-            Err(_) => (Outcome::TimedOut, latency, Some(format!("no answer within {:?}", endpoint.timeout()))),
+            Err(_) => (
+                Outcome::TimedOut,
+                latency,
+                Some(format!("no answer within {:?}", endpoint.timeout())),
+            ),
             Ok(Err(err)) => (Outcome::Error, latency, Some(err.to_string())),
             Ok(Ok((status, body))) if !(200..300).contains(&status) => (
                 Outcome::Error,
                 latency,
-                Some(format!("status {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]))),
+                Some(format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )),
             ),
             Ok(Ok((status, body))) => match check(status, &body) {
                 Ok(()) => (Outcome::Correct, latency, None),
@@ -227,9 +269,18 @@ impl Driver {
         }
     }
 
-    /// Waits until `choose` finds something settled to ask about, or gives up
-    /// after `patience` (the query is then not made, and not counted).
-    async fn when_settled<T>(&self, patience: Duration, mut choose: impl FnMut(&State, Instant) -> Option<T>) -> Option<T> {
+    /// Waits out the freshness window, so that the query asks about what was
+    /// acknowledged when it was scheduled (queries keep the pace of the tags
+    /// instead of bunching up), then until `choose` finds something settled to
+    /// ask about; gives up after `patience` more (the query is then not made,
+    /// and not counted).
+    async fn when_settled<T>(
+        &self,
+        freshness: Duration,
+        patience: Duration,
+        mut choose: impl FnMut(&State, Instant) -> Option<T>,
+    ) -> Option<T> {
+        tokio::time::sleep(freshness).await;
         let deadline = Instant::now() + patience;
         loop {
             let now = Instant::now();
@@ -246,15 +297,19 @@ impl Driver {
     async fn profile_query(self: Arc<Self>, q: u64) {
         let stream = self.stream;
         let seed = self.plan.seed;
-        let patience = PROFILE_FRESHNESS + Duration::from_secs(5);
+        let freshness = self.plan.profile_freshness;
         let chosen = self
-            .when_settled(patience, |state, now| {
-                let settled = state.acks.settled(PROFILE_FRESHNESS, now);
+            .when_settled(freshness, Duration::from_secs(1), |state, now| {
+                let settled = state.acks.settled(freshness, now);
                 choose_profile(&stream, seed, q, settled, state)
             })
             .await;
         let Some(check) = chosen else { return };
-        let expected = check.expected_body(&stream).to_string();
+        let mut expected = check.expected_body(&stream);
+        if q % WRONG_DEBUG_BODY_EVERY == 3 {
+            expected["cookie"] = serde_json::json!("deliberately wrong debug body");
+        }
+        let expected = expected.to_string();
         let mut url = format!(
             "{}/user_profiles/{}?time_range={}_{}",
             self.plan.target,
@@ -265,13 +320,17 @@ impl Driver {
         if let Some(limit) = check.limit {
             url.push_str(&format!("&limit={limit}"));
         }
-        let Ok(permit) = self.permits.acquire().await else { return };
+        let Ok(permit) = self.permits.acquire().await else {
+            return;
+        };
         // Debug mode: the expected answer rides along as the body.
         let request = self.client.post(&url).body(expected);
         let (outcome, latency, problem) = self
             .exchange(Endpoint::Profiles, request, |_, body| {
-                let answer: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-                check.verify(&stream, &answer)
+                let answer: Value =
+                    serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                let unsettled = self.state().model.unsettled(&check);
+                check.verify(&stream, &answer, unsettled)
             })
             .await;
         drop(permit);
@@ -282,22 +341,33 @@ impl Driver {
     async fn aggregate_query(self: Arc<Self>, q: u64) {
         let stream = self.stream;
         let seed = self.plan.seed;
-        let patience = AGGREGATE_FRESHNESS + Duration::from_secs(10);
+        let freshness = self.plan.aggregate_freshness;
         let chosen = self
-            .when_settled(patience, |state, now| {
-                let settled = state.acks.settled(AGGREGATE_FRESHNESS, now);
+            .when_settled(freshness, Duration::from_secs(1), |state, now| {
+                let settled = state.acks.settled(freshness, now);
                 choose_aggregate(&stream, seed, q, settled, state)
             })
             .await;
         let Some(check) = chosen else { return };
         let expected = check.expected(&stream);
         let url = format!("{}/aggregates?{}", self.plan.target, check.query_string());
-        let Ok(permit) = self.permits.acquire().await else { return };
-        let request = self.client.post(&url).body(expected.to_string());
+        let Ok(permit) = self.permits.acquire().await else {
+            return;
+        };
+        let mut debug_body = expected.clone();
+        if q % WRONG_DEBUG_BODY_EVERY == 3 {
+            debug_body["rows"] = serde_json::json!([]);
+        }
+        let request = self.client.post(&url).body(debug_body.to_string());
         let (outcome, latency, problem) = self
             .exchange(Endpoint::Aggregates, request, |_, body| {
-                let answer: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-                if answer == expected { Ok(()) } else { Err(first_diff(&expected, &answer)) }
+                let answer: Value =
+                    serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                if answer == expected {
+                    Ok(())
+                } else {
+                    Err(first_diff(&expected, &answer))
+                }
             })
             .await;
         drop(permit);
@@ -308,7 +378,13 @@ impl Driver {
 
 /// A profile query about a settled tag's cookie, with a varied range and
 /// limit; `None` while nothing is settled.
-fn choose_profile(stream: &Stream, seed: u64, q: u64, settled: u64, state: &State) -> Option<ProfileCheck> {
+fn choose_profile(
+    stream: &Stream,
+    seed: u64,
+    q: u64,
+    settled: u64,
+    state: &State,
+) -> Option<ProfileCheck> {
     if settled == 0 {
         return None;
     }
@@ -322,15 +398,39 @@ fn choose_profile(stream: &Stream, seed: u64, q: u64, settled: u64, state: &Stat
     }
     let settled_ms = START_MS + settled as i64;
     let width = [1i64, 5, 50, 1_000, 60_000, 600_000, 86_400_000][(r(1) % 7) as usize];
-    let to_ms = (tag.time_ms() + 1 + (r(2) % width as u64) as i64).min(settled_ms);
+    // One range in four ends exactly on the chosen tag, which a half-open
+    // range excludes: a server treating the end as inclusive gets caught.
+    let to_ms = if r(4) % 4 == 0 {
+        tag.time_ms()
+    } else {
+        (tag.time_ms() + 1 + (r(2) % width as u64) as i64).min(settled_ms)
+    };
     let from_ms = to_ms - width;
-    let limit = [None, None, Some(1), Some(5), Some(50), Some(200), Some(1_000)][(r(3) % 7) as usize];
-    Some(state.model.profile_check(tag.cookie, from_ms, to_ms, limit, settled))
+    let limit = [
+        None,
+        None,
+        Some(1),
+        Some(5),
+        Some(50),
+        Some(200),
+        Some(1_000),
+    ][(r(3) % 7) as usize];
+    Some(
+        state
+            .model
+            .profile_check(tag.cookie, from_ms, to_ms, limit, settled),
+    )
 }
 
 /// An aggregate query over settled whole minutes, with filters taken from a
 /// tag in range so that most answers are not all zeros.
-fn choose_aggregate(stream: &Stream, seed: u64, q: u64, settled: u64, state: &State) -> Option<AggregateCheck> {
+fn choose_aggregate(
+    stream: &Stream,
+    seed: u64,
+    q: u64,
+    settled: u64,
+    state: &State,
+) -> Option<AggregateCheck> {
     let minutes = settled / TAGS_PER_MINUTE;
     if minutes == 0 {
         return None;
@@ -392,15 +492,27 @@ mod tests {
 
     #[test]
     fn settled_lags_the_acknowledged_prefix_by_the_freshness_window() {
-        let mut acks = Acks::default();
+        let mut acks = Acks {
+            keep_for: Duration::from_secs(60),
+            ..Acks::default()
+        };
         let t0 = Instant::now();
         acks.done(1, t0);
         assert_eq!(acks.prefix, 0, "tag 0 is still out");
         acks.done(0, t0);
         assert_eq!(acks.prefix, 2);
         acks.done(2, t0 + Duration::from_secs(5));
-        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(9)), 0);
-        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(11)), 2);
-        assert_eq!(acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(16)), 3);
+        assert_eq!(
+            acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(9)),
+            0
+        );
+        assert_eq!(
+            acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(11)),
+            2
+        );
+        assert_eq!(
+            acks.settled(Duration::from_secs(10), t0 + Duration::from_secs(16)),
+            3
+        );
     }
 }

@@ -51,6 +51,13 @@ pub struct Config {
     /// One aggregate query per this many tags (0: none).
     #[arg(long, default_value_t = 1000)]
     pub aggregate_every: u64,
+    /// Seconds after its acknowledgement a tag must show in profiles (the
+    /// contract says 10; 0 demands read-your-writes).
+    #[arg(long, default_value_t = 10.0)]
+    pub profile_freshness_s: f64,
+    /// Seconds after its acknowledgement a tag must be counted (contract: 60).
+    #[arg(long, default_value_t = 60.0)]
+    pub aggregate_freshness_s: f64,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -73,12 +80,20 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         max_in_flight: config.max_in_flight,
         profile_every: config.profile_every,
         aggregate_every: config.aggregate_every,
+        profile_freshness: Duration::from_secs_f64(config.profile_freshness_s),
+        aggregate_freshness: Duration::from_secs_f64(config.aggregate_freshness_s),
     };
     let driver = Driver::new(plan)?;
-    let bar = if config.quiet { ProgressBar::hidden() } else { ProgressBar::new(config.tags) };
+    let bar = if config.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(config.tags)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tags {per_sec} {msg}")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} tags {per_sec} {msg}",
+        )?
+        .progress_chars("=> "),
     );
     let ticker = {
         let (driver, bar) = (Arc::clone(&driver), bar.clone());
@@ -127,20 +142,44 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 pub fn render(report: &Report) -> String {
     let mut out = format!(
         "{} tags to {} in {:.1} s (seed {})\n{:<14} {:>9} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>8} {:>8}\n",
-        report.tags, report.target, report.elapsed_s, report.seed,
-        "endpoint", "requests", "correct", "wrong", "timed out", "errors", "rate/s", "p50 ms", "p99 ms", "max ms"
+        report.tags,
+        report.target,
+        report.elapsed_s,
+        report.seed,
+        "endpoint",
+        "requests",
+        "correct",
+        "wrong",
+        "timed out",
+        "errors",
+        "rate/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms"
     );
     for e in &report.endpoints {
         out.push_str(&format!(
             "{:<14} {:>9} {:>9} {:>6} {:>9} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2}\n",
-            e.endpoint, e.requests, e.correct, e.wrong, e.timed_out, e.errors, e.rate_per_s,
-            e.latency_ms.p50, e.latency_ms.p99, e.latency_ms.max
+            e.endpoint,
+            e.requests,
+            e.correct,
+            e.wrong,
+            e.timed_out,
+            e.errors,
+            e.rate_per_s,
+            e.latency_ms.p50,
+            e.latency_ms.p99,
+            e.latency_ms.max
         ));
         for problem in &e.first_problems {
             out.push_str(&format!("  {}: {}\n", e.endpoint, truncate(problem, 400)));
         }
     }
-    out.push_str(if report.passed { "PASSED\n" } else { "FAILED\n" });
+    out.push_str(if report.passed {
+        "PASSED\n"
+    } else {
+        "FAILED\n"
+    });
     out
 }
 

@@ -31,9 +31,8 @@ pub struct ProfileCheck {
     /// Per action, the settled tags in range, newest first, with their rank
     /// among the cookie's settled tags of that action (0 = newest).
     in_range: [Vec<(u64, usize)>; 2],
-    /// Per action, tags sent but not settled: each may or may not be on the
-    /// server yet, and each one there pushes the oldest kept tag out.
-    unsettled: [usize; 2],
+    /// Index below which every tag must be visible.
+    settled: u64,
 }
 
 impl Model {
@@ -62,11 +61,9 @@ impl Model {
         let empty = [Vec::new(), Vec::new()];
         let lists = self.lists.get(&cookie).unwrap_or(&empty);
         let mut in_range = [Vec::new(), Vec::new()];
-        let mut unsettled = [0, 0];
         for action in 0..2 {
             let list = &lists[action];
             let split = list.partition_point(|&n| n < settled);
-            unsettled[action] = list.len() - split;
             for (rank, &n) in list[..split].iter().rev().enumerate().take(KEEP) {
                 let t = START_MS + n as i64;
                 if from_ms <= t && t < to_ms {
@@ -80,8 +77,20 @@ impl Model {
             to_ms,
             limit,
             in_range,
-            unsettled,
+            settled,
         }
+    }
+
+    /// Per action, the tags of `check`'s cookie sent but not settled: each may
+    /// or may not be on the server, and each one there pushes the oldest kept
+    /// tag out. Take it once the answer is in, so that every tag the server
+    /// could have seen is counted.
+    pub fn unsettled(&self, check: &ProfileCheck) -> [usize; 2] {
+        self.lists.get(&check.cookie).map_or([0, 0], |lists| {
+            lists
+                .each_ref()
+                .map(|list| list.len() - list.partition_point(|&n| n < check.settled))
+        })
     }
 }
 
@@ -107,7 +116,12 @@ impl ProfileCheck {
     /// the newest tags in range, in order, truncated to the limit and to
     /// what the newest 200 keep, with any number of the unsettled tags
     /// already counted among those 200. `Err` describes the first difference.
-    pub fn verify(&self, stream: &Stream, answer: &Value) -> Result<(), String> {
+    pub fn verify(
+        &self,
+        stream: &Stream,
+        answer: &Value,
+        unsettled: [usize; 2],
+    ) -> Result<(), String> {
         if answer["cookie"] != json!(Tag::cookie_name(self.cookie)) {
             return Err(format!("cookie is {}", answer["cookie"]));
         }
@@ -119,7 +133,7 @@ impl ProfileCheck {
             let longest = candidates.len().min(self.limit());
             // With j unsettled tags present, only settled ranks below 200 - j
             // are kept; the fewest kept is with all of them present.
-            let cut = KEEP.saturating_sub(self.unsettled[action]);
+            let cut = KEEP.saturating_sub(unsettled[action]);
             let shortest = candidates
                 .iter()
                 .filter(|(_, rank)| *rank < cut)
@@ -129,7 +143,11 @@ impl ProfileCheck {
                 return Err(format!(
                     "`{key}` has {} tags, expected {}",
                     got.len(),
-                    if shortest == longest { shortest.to_string() } else { format!("{shortest} to {longest}") }
+                    if shortest == longest {
+                        shortest.to_string()
+                    } else {
+                        format!("{shortest} to {longest}")
+                    }
                 ));
             }
             for (i, (tag, (n, _))) in got.iter().zip(candidates).enumerate() {
@@ -167,7 +185,11 @@ impl AggregateCheck {
             if self.buy { "BUY" } else { "VIEW" }
         );
         for count in &self.aggregates {
-            q.push_str(if *count { "&aggregates=COUNT" } else { "&aggregates=SUM_PRICE" });
+            q.push_str(if *count {
+                "&aggregates=COUNT"
+            } else {
+                "&aggregates=SUM_PRICE"
+            });
         }
         if let Some(o) = self.origin {
             q.push_str(&format!("&origin=CAMPAIGN_{o}"));
@@ -197,7 +219,11 @@ impl AggregateCheck {
             columns.push("category_id");
             filters.push(format!("category_{c}"));
         }
-        columns.extend(self.aggregates.iter().map(|c| if *c { "count" } else { "sum_price" }));
+        columns.extend(
+            self.aggregates
+                .iter()
+                .map(|c| if *c { "count" } else { "sum_price" }),
+        );
         let rows: Vec<Value> = (self.from_minute..self.to_minute)
             .map(|m| {
                 let (mut count, mut sum) = (0u64, 0i64);
@@ -213,12 +239,18 @@ impl AggregateCheck {
                     }
                 }
                 let mut row = vec![
-                    json!(allezon_core::time::format_bucket(START_MS / 60_000 + m as i64)),
+                    json!(allezon_core::time::format_bucket(
+                        START_MS / 60_000 + m as i64
+                    )),
                     json!(if self.buy { "BUY" } else { "VIEW" }),
                 ];
                 row.extend(filters.iter().map(|f| json!(f)));
                 row.extend(self.aggregates.iter().map(|c| {
-                    json!(if *c { count.to_string() } else { sum.to_string() })
+                    json!(if *c {
+                        count.to_string()
+                    } else {
+                        sum.to_string()
+                    })
                 }));
                 Value::Array(row)
             })
@@ -252,7 +284,13 @@ mod tests {
         // In range [2, 7): tags 2, 4, 6; newest first, limit 2: 6, 4.
         let got: Vec<u64> = check.in_range[0].iter().take(2).map(|(n, _)| *n).collect();
         assert_eq!(got, [6, 4]);
-        assert_eq!(check.expected_body(&stream)["views"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            check.expected_body(&stream)["views"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -274,17 +312,25 @@ mod tests {
         // Settled: 0..205 (the newest 200 of them are 5..205); 205..210 may
         // or may not be there, pushing out up to 5 more.
         let check = model.profile_check(7, START_MS, START_MS + 10, None, 205);
+        let unsettled = model.unsettled(&check);
+        assert_eq!(unsettled, [5, 0]);
         let answer = |from: u64| {
-            let views: Vec<Value> = (from..10).rev().map(|n| stream.tag(n).to_answer_json()).collect();
+            let views: Vec<Value> = (from..10)
+                .rev()
+                .map(|n| stream.tag(n).to_answer_json())
+                .collect();
             json!({"cookie": Tag::cookie_name(7), "views": views, "buys": []})
         };
-        assert!(check.verify(&stream, &answer(5)).is_ok());
-        assert!(check.verify(&stream, &answer(8)).is_ok());
-        assert!(check.verify(&stream, &answer(9)).is_ok());
-        assert!(check.verify(&stream, &answer(4)).is_err(), "tag 4 was already pushed out");
+        assert!(check.verify(&stream, &answer(5), unsettled).is_ok());
+        assert!(check.verify(&stream, &answer(8), unsettled).is_ok());
+        assert!(check.verify(&stream, &answer(9), unsettled).is_ok());
+        assert!(
+            check.verify(&stream, &answer(4), unsettled).is_err(),
+            "tag 4 was already pushed out"
+        );
         let mut wrong = answer(5);
         wrong["views"][0]["product_info"]["price"] = json!(-1);
-        assert!(check.verify(&stream, &wrong).is_err());
+        assert!(check.verify(&stream, &wrong, unsettled).is_err());
     }
 
     #[test]
@@ -300,7 +346,10 @@ mod tests {
             category: None,
         };
         let body = check.expected(&stream);
-        assert_eq!(body["columns"], json!(["1m_bucket", "action", "brand_id", "sum_price", "count"]));
+        assert_eq!(
+            body["columns"],
+            json!(["1m_bucket", "action", "brand_id", "sum_price", "count"])
+        );
         // Count minute 0 by hand, the slow way.
         let mut count = 0;
         let mut sum = 0i64;
@@ -311,7 +360,16 @@ mod tests {
                 sum += i64::from(t.price);
             }
         }
-        assert_eq!(body["rows"][0], json!(["2022-03-01T00:00:00", "BUY", format!("brand_{}", stream.tag(5).brand), sum.to_string(), count.to_string()]));
+        assert_eq!(
+            body["rows"][0],
+            json!([
+                "2022-03-01T00:00:00",
+                "BUY",
+                format!("brand_{}", stream.tag(5).brand),
+                sum.to_string(),
+                count.to_string()
+            ])
+        );
         assert_eq!(body["rows"][1][0], "2022-03-01T00:01:00");
         assert!(check.query_string().starts_with("time_range=2022-03-01T00:00:00_2022-03-01T00:02:00&action=BUY&aggregates=SUM_PRICE&aggregates=COUNT&brand_id="));
     }

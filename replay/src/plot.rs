@@ -7,7 +7,11 @@ use plotters::prelude::*;
 
 use crate::stats::{Endpoint, EndpointStats};
 
-const COLORS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+const COLORS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+];
 
 /// Per whole second of the run: (second, p50 ms, p99 ms).
 fn per_second(stats: &EndpointStats) -> Vec<(f64, f64, f64)> {
@@ -19,7 +23,9 @@ fn per_second(stats: &EndpointStats) -> Vec<(f64, f64, f64)> {
         .into_iter()
         .map(|(s, mut v)| {
             v.sort_unstable();
-            let p = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0;
+            let p = |q: f64| {
+                v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
+            };
             (s as f64, p(0.5), p(0.99))
         })
         .collect()
@@ -31,47 +37,88 @@ pub fn write_svg(path: &Path, stats: &[(Endpoint, &EndpointStats)]) -> anyhow::R
     let (top, bottom) = root.split_vertically(400);
 
     let series: Vec<_> = stats.iter().map(|(e, s)| (*e, per_second(s))).collect();
-    let max_t = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let max_ms = series.iter().flat_map(|(_, v)| v.iter().map(|p| p.2)).fold(1.0, f64::max);
+    let max_t = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let max_ms = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.2))
+        .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&top)
-        .caption("latency per second (solid p99, thin p50)", ("sans-serif", 18))
+        .caption(
+            "latency per second (solid p99, thin p50)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..max_t + 1.0, 0f64..max_ms * 1.1)?;
-    chart.configure_mesh().x_desc("seconds").y_desc("ms").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("ms")
+        .draw()?;
     for (i, (endpoint, points)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
-            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.2)), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, p.2)),
+                color.stroke_width(2),
+            ))?
             .label(endpoint.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color.stroke_width(1)))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(1),
+        ))?;
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
 
     // Histogram of tag-write latency, 1 ms bins up to the 99.9th percentile.
-    let tags = stats.iter().find(|(e, _)| *e == Endpoint::Tags).map(|(_, s)| *s);
-    let mut ms: Vec<u64> = tags.map(|s| s.samples.iter().map(|x| x.1 / 1000).collect()).unwrap_or_default();
+    let tags = stats
+        .iter()
+        .find(|(e, _)| *e == Endpoint::Tags)
+        .map(|(_, s)| *s);
+    let mut ms: Vec<u64> = tags
+        .map(|s| s.samples.iter().map(|x| x.1 / 1000).collect())
+        .unwrap_or_default();
     ms.sort_unstable();
-    let cap = ms.get(ms.len().saturating_sub(1) * 999 / 1000).copied().unwrap_or(1).max(1);
+    let cap = ms
+        .get(ms.len().saturating_sub(1) * 999 / 1000)
+        .copied()
+        .unwrap_or(1)
+        .max(1);
     let mut bins = vec![0u64; cap as usize + 1];
     for v in &ms {
         bins[(*v).min(cap) as usize] += 1;
     }
     let max_count = bins.iter().copied().max().unwrap_or(1).max(1);
     let mut hist = ChartBuilder::on(&bottom)
-        .caption("user_tags latency histogram (1 ms bins, tail folded into the last)", ("sans-serif", 18))
+        .caption(
+            "user_tags latency histogram (1 ms bins, tail folded into the last)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d((0u64..cap + 1).into_segmented(), 0u64..max_count + max_count / 10)?;
-    hist.configure_mesh().x_desc("ms").y_desc("requests").draw()?;
-    hist.draw_series(
-        Histogram::vertical(&hist)
-            .style(COLORS[0].filled())
-            .data(bins.iter().enumerate().map(|(i, c)| (i as u64, *c))),
-    )?;
+        .build_cartesian_2d(0f64..(cap + 1) as f64, 0f64..max_count as f64 * 1.1)?;
+    hist.configure_mesh()
+        .x_desc("ms")
+        .y_desc("requests")
+        .draw()?;
+    hist.draw_series(bins.iter().enumerate().map(|(i, c)| {
+        Rectangle::new(
+            [(i as f64, 0.0), (i as f64 + 0.9, *c as f64)],
+            COLORS[0].filled(),
+        )
+    }))?;
     root.present()?;
     Ok(())
 }

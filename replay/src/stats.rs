@@ -55,7 +55,13 @@ pub struct EndpointStats {
 const PROBLEMS_KEPT: usize = 5;
 
 impl EndpointStats {
-    pub fn record(&mut self, outcome: Outcome, at: Duration, latency: Duration, problem: Option<String>) {
+    pub fn record(
+        &mut self,
+        outcome: Outcome,
+        at: Duration,
+        latency: Duration,
+        problem: Option<String>,
+    ) {
         match outcome {
             Outcome::Correct => self.correct += 1,
             Outcome::Wrong => self.wrong += 1,
@@ -63,7 +69,8 @@ impl EndpointStats {
             Outcome::Error => self.errors += 1,
         }
         if outcome != Outcome::TimedOut {
-            self.samples.push((at.as_secs_f64(), latency.as_micros() as u64));
+            self.samples
+                .push((at.as_secs_f64(), latency.as_micros() as u64));
         }
         if let Some(problem) = problem
             && self.first_problems.len() < PROBLEMS_KEPT
@@ -151,12 +158,30 @@ mod tests {
     fn percentiles_and_outcomes() {
         let mut s = EndpointStats::default();
         for ms in 1..=100u64 {
-            s.record(Outcome::Correct, Duration::ZERO, Duration::from_millis(ms), None);
+            s.record(
+                Outcome::Correct,
+                Duration::ZERO,
+                Duration::from_millis(ms),
+                None,
+            );
         }
-        s.record(Outcome::Wrong, Duration::ZERO, Duration::from_millis(1), Some("x".into()));
-        s.record(Outcome::TimedOut, Duration::ZERO, Duration::from_secs(1), None);
+        s.record(
+            Outcome::Wrong,
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Some("x".into()),
+        );
+        s.record(
+            Outcome::TimedOut,
+            Duration::ZERO,
+            Duration::from_secs(1),
+            None,
+        );
         let r = s.summary(Endpoint::Tags, Duration::from_secs(1));
-        assert_eq!((r.requests, r.correct, r.wrong, r.timed_out), (102, 100, 1, 1));
+        assert_eq!(
+            (r.requests, r.correct, r.wrong, r.timed_out),
+            (102, 100, 1, 1)
+        );
         assert_eq!(r.latency_ms.p50, 50.0);
         assert_eq!(r.latency_ms.p99, 99.0);
         assert_eq!(r.first_problems, ["x"]);

@@ -72,7 +72,8 @@ impl Stream {
             category: (h(5) % CATEGORIES) as u8,
             product: (h(6) % 100_000) as u32,
             // Prices up to 100,000.00 in cents, a few negative (refunds).
-            price: ((h(7) % 10_000_001) as i64 - if h(7) % 97 == 0 { 10_000_000 } else { 0 }) as i32,
+            price: ((h(7) % 10_000_001) as i64 - if h(7) % 97 == 0 { 10_000_000 } else { 0 })
+                as i32,
         }
     }
 }
@@ -128,7 +129,11 @@ impl Tag {
 
     fn time_text(&self) -> String {
         let full = allezon_core::time::format_tag_time(self.time_ms());
-        if self.time_ms() % 1000 == 0 { format!("{}Z", &full[..19]) } else { full }
+        if self.time_ms() % 1000 == 0 {
+            format!("{}Z", &full[..19])
+        } else {
+            full
+        }
     }
 
     /// The tag as a correct server gives it back: time in millisecond form.
@@ -158,7 +163,10 @@ mod tests {
     fn times_follow_the_index() {
         let t = Stream::new(1).tag(60_000);
         assert_eq!(t.to_json()["time"], "2022-03-01T00:01:00Z");
-        assert_eq!(Stream::new(1).tag(60_001).to_json()["time"], "2022-03-01T00:01:00.001Z");
+        assert_eq!(
+            Stream::new(1).tag(60_001).to_json()["time"],
+            "2022-03-01T00:01:00.001Z"
+        );
         assert_eq!(t.to_answer_json()["time"], "2022-03-01T00:01:00.000Z");
         assert_eq!(t.minute() - Stream::new(1).tag(0).minute(), 1);
     }

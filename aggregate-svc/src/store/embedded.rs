@@ -192,64 +192,78 @@ impl EmbeddedAggregateStore {
         self.inner.dropped_before.store(cutoff, Ordering::Release);
         Ok(removed)
     }
+
+    /// The synchronous part of [`AggregateStore::apply`]: read, add and write
+    /// every cell, and the watermark, in one engine batch. Returns `false` for
+    /// a replay.
+    fn apply_blocking(&self, batch: &DeltaBatch) -> Result<bool> {
+        let mut recent = self
+            .inner
+            .apply
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let watermark = self.watermark(batch.partition)?;
+        if batch.next <= watermark {
+            return Ok(false);
+        }
+        if batch.start != watermark && watermark != 0 {
+            return Err(Error::new(
+                allezon_core::ErrorKind::Conflict,
+                format!(
+                    "batch [{}, {}) of partition {} does not start at its watermark {watermark}",
+                    batch.start, batch.next, batch.partition
+                ),
+            ));
+        }
+        if let Some(newest) = batch.deltas.iter().map(|(k, _)| k.minute).max() {
+            self.inner.newest_minute.fetch_max(newest, Ordering::AcqRel);
+        }
+        let cutoff = self.cutoff();
+        let mut write = self.inner.store.database().batch();
+        let mut updates = Vec::with_capacity(batch.deltas.len());
+        for (key, delta) in &batch.deltas {
+            if key.minute < cutoff {
+                continue;
+            }
+            let minute = key.minute;
+            let key = cell_key(key);
+            let old = match recent.get(minute, &key) {
+                Some(totals) => totals,
+                None => match self.inner.cells.get(key).map_err(storage_error)? {
+                    Some(value) => decode(&value)?,
+                    None => Totals::default(),
+                },
+            };
+            let new = old
+                .checked_add(*delta)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            write.insert(&self.inner.cells, key, encode(new));
+            updates.push((minute, key, new));
+        }
+        write.insert(
+            &self.inner.watermarks,
+            batch.partition.to_be_bytes(),
+            batch.next.to_be_bytes(),
+        );
+        write.commit().map_err(storage_error)?;
+        // Only after the commit: a failed batch must leave no trace.
+        for (minute, key, totals) in updates {
+            recent.put(minute, key, totals);
+        }
+        Ok(true)
+    }
 }
 
 impl AggregateStore for EmbeddedAggregateStore {
     async fn apply(&self, batch: DeltaBatch) -> Result<Applied> {
-        {
-            let mut recent = self
-                .inner
-                .apply
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let watermark = self.watermark(batch.partition)?;
-            if batch.next <= watermark {
-                return Ok(Applied::Replayed);
-            }
-            if batch.start != watermark && watermark != 0 {
-                return Err(Error::new(
-                    allezon_core::ErrorKind::Conflict,
-                    format!(
-                        "batch [{}, {}) of partition {} does not start at its watermark {watermark}",
-                        batch.start, batch.next, batch.partition
-                    ),
-                ));
-            }
-            if let Some(newest) = batch.deltas.iter().map(|(k, _)| k.minute).max() {
-                self.inner.newest_minute.fetch_max(newest, Ordering::AcqRel);
-            }
-            let cutoff = self.cutoff();
-            let mut write = self.inner.store.database().batch();
-            let mut updates = Vec::with_capacity(batch.deltas.len());
-            for (key, delta) in &batch.deltas {
-                if key.minute < cutoff {
-                    continue;
-                }
-                let minute = key.minute;
-                let key = cell_key(key);
-                let old = match recent.get(minute, &key) {
-                    Some(totals) => totals,
-                    None => match self.inner.cells.get(key).map_err(storage_error)? {
-                        Some(value) => decode(&value)?,
-                        None => Totals::default(),
-                    },
-                };
-                let new = old
-                    .checked_add(*delta)
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                write.insert(&self.inner.cells, key, encode(new));
-                updates.push((minute, key, new));
-            }
-            write.insert(
-                &self.inner.watermarks,
-                batch.partition.to_be_bytes(),
-                batch.next.to_be_bytes(),
-            );
-            write.commit().map_err(storage_error)?;
-            // Only after the commit: a failed batch must leave no trace.
-            for (minute, key, totals) in updates {
-                recent.put(minute, key, totals);
-            }
+        // A batch reads and writes up to tens of thousands of cells: keep it
+        // off the async workers, which also serve the gateway.
+        let store = self.clone();
+        let applied = tokio::task::spawn_blocking(move || store.apply_blocking(&batch))
+            .await
+            .map_err(|err| Error::internal(format!("apply task failed: {err}")))??;
+        if !applied {
+            return Ok(Applied::Replayed);
         }
         self.inner.store.sync().await.map_err(storage_error)?;
         Ok(Applied::Applied)

@@ -10,4 +10,5 @@ mod aggregates;
 mod bad_input;
 mod durability;
 mod profiles;
+mod replay;
 mod support;

@@ -1,0 +1,30 @@
+//! A short run of the operators' replay tool against the real binary.
+
+use crate::support::Server;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_tool_finds_no_wrong_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let config = allezon_replay::Config {
+        target: server.base.clone(),
+        seed: 5,
+        tags: 6_000,
+        rate: None,
+        max_in_flight: 32,
+        profile_every: 10,
+        // A whole minute of event time is 60,000 tags: too long for this
+        // suite; aggregates are checked in `aggregates.rs`.
+        aggregate_every: 0,
+        // The embedded backends answer read-your-writes, so ask for it.
+        profile_freshness_s: 0.0,
+        aggregate_freshness_s: 60.0,
+        report: None,
+        plot: None,
+        quiet: true,
+    };
+    let report = allezon_replay::run(config).await.unwrap();
+    assert!(report.passed, "{}", allezon_replay::render(&report));
+    assert_eq!(report.endpoints[0].correct, 6_000);
+    assert!(report.endpoints[1].correct >= 590);
+}

@@ -1,0 +1,163 @@
+//! The replay tool against an in-memory server of the contract, correct and
+//! deliberately broken: it must pass the first and fail each broken one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use allezon_replay::{Config, run};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Answers queries with the debug body it was sent.
+    EchoDebugBody,
+    /// Keeps every tag instead of the newest 200 per action.
+    NoTrim,
+    /// Treats the end of a time range as inclusive.
+    InclusiveEnd,
+}
+
+/// A stored tag: (time ms, action, the tag as it will be answered).
+type Stored = (i64, String, Value);
+
+#[derive(Clone)]
+struct Fixture {
+    fault: Fault,
+    tags: Arc<Mutex<HashMap<String, Vec<Stored>>>>,
+}
+
+async fn user_tags(State(f): State<Fixture>, body: Bytes) -> StatusCode {
+    let mut tag: Value = serde_json::from_slice(&body).unwrap();
+    let time = tag["time"].as_str().unwrap().to_owned();
+    let ms = allezon_core::time::parse_tag_time(&time).unwrap();
+    tag["time"] = json!(allezon_core::time::format_tag_time(ms));
+    let cookie = tag["cookie"].as_str().unwrap().to_owned();
+    let action = tag["action"].as_str().unwrap().to_owned();
+    f.tags
+        .lock()
+        .unwrap()
+        .entry(cookie)
+        .or_default()
+        .push((ms, action, tag));
+    StatusCode::NO_CONTENT
+}
+
+async fn user_profiles(
+    State(f): State<Fixture>,
+    Path(cookie): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> axum::Json<Value> {
+    if f.fault == Fault::EchoDebugBody {
+        return axum::Json(serde_json::from_slice(&body).unwrap());
+    }
+    let q = allezon_core::query::ProfileQuery::parse(query.as_deref()).unwrap();
+    let tags = f
+        .tags
+        .lock()
+        .unwrap()
+        .get(&cookie)
+        .cloned()
+        .unwrap_or_default();
+    let list = |action: &str| {
+        let mut of: Vec<&Stored> = tags.iter().filter(|t| t.1 == action).collect();
+        of.sort_by_key(|t| std::cmp::Reverse(t.0));
+        let keep = if f.fault == Fault::NoTrim {
+            usize::MAX
+        } else {
+            200
+        };
+        of.into_iter()
+            .take(keep)
+            .filter(|t| {
+                let end_ok = if f.fault == Fault::InclusiveEnd {
+                    t.0 <= q.range.to_ms
+                } else {
+                    t.0 < q.range.to_ms
+                };
+                q.range.from_ms <= t.0 && end_ok
+            })
+            .take(q.limit as usize)
+            .map(|t| t.2.clone())
+            .collect::<Vec<_>>()
+    };
+    axum::Json(json!({"cookie": cookie, "views": list("VIEW"), "buys": list("BUY")}))
+}
+
+async fn start(fault: Fault) -> String {
+    let fixture = Fixture {
+        fault,
+        tags: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/user_tags", post(user_tags))
+        .route("/user_profiles/{cookie}", post(user_profiles))
+        .with_state(fixture);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn replay(fault: Fault) -> allezon_replay::stats::Report {
+    let config = Config {
+        target: start(fault).await,
+        seed: 11,
+        tags: 30_000,
+        rate: None,
+        max_in_flight: 64,
+        profile_every: 10,
+        aggregate_every: 0,
+        profile_freshness_s: 0.0,
+        aggregate_freshness_s: 60.0,
+        report: None,
+        plot: None,
+        quiet: true,
+    };
+    run(config).await.unwrap()
+}
+
+fn wrong_profiles(report: &allezon_replay::stats::Report) -> u64 {
+    report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "user_profiles")
+        .unwrap()
+        .wrong
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_server_passes() {
+    let report = replay(Fault::None).await;
+    assert!(report.passed, "{}", allezon_replay::render(&report));
+    assert!(report.endpoints[1].correct >= 2_900);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_echoing_the_debug_body_fails() {
+    let report = replay(Fault::EchoDebugBody).await;
+    assert!(!report.passed);
+    assert!(wrong_profiles(&report) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_200_trim_fails() {
+    let report = replay(Fault::NoTrim).await;
+    assert!(!report.passed);
+    assert!(wrong_profiles(&report) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_an_inclusive_range_end_fails() {
+    let report = replay(Fault::InclusiveEnd).await;
+    assert!(!report.passed);
+    assert!(wrong_profiles(&report) > 0);
+}
