@@ -36,6 +36,9 @@ pub struct Plan {
     pub profile_freshness: Duration,
     /// How long after its acknowledgement a tag must be counted.
     pub aggregate_freshness: Duration,
+    /// Per endpoint (tags, profiles, aggregates), how long to wait for an
+    /// answer before counting it timed out.
+    pub timeouts: [Duration; 3],
 }
 
 /// Which prefix of the stream is acknowledged, and since when.
@@ -239,7 +242,8 @@ impl Driver {
         check: impl FnOnce(u16, &[u8]) -> Result<(), String>,
     ) -> (Outcome, Duration, Option<String>) {
         let start = Instant::now();
-        let answer = tokio::time::timeout(endpoint.timeout(), async {
+        let timeout = self.plan.timeouts[endpoint as usize];
+        let answer = tokio::time::timeout(timeout, async {
             let response = request.send().await?;
             let status = response.status().as_u16();
             let body = response.bytes().await?;
@@ -251,7 +255,7 @@ impl Driver {
             Err(_) => (
                 Outcome::TimedOut,
                 latency,
-                Some(format!("no answer within {:?}", endpoint.timeout())),
+                Some(format!("no answer within {timeout:?}")),
             ),
             Ok(Err(err)) => (Outcome::Error, latency, Some(err.to_string())),
             Ok(Ok((status, body))) if !(200..300).contains(&status) => (

@@ -58,6 +58,15 @@ pub struct Config {
     /// Seconds after its acknowledgement a tag must be counted (contract: 60).
     #[arg(long, default_value_t = 60.0)]
     pub aggregate_freshness_s: f64,
+    /// Milliseconds to wait for a tag's answer (contract: 200).
+    #[arg(long, default_value_t = 200)]
+    pub tag_timeout_ms: u64,
+    /// Milliseconds to wait for a profile answer (contract: 200).
+    #[arg(long, default_value_t = 200)]
+    pub profile_timeout_ms: u64,
+    /// Milliseconds to wait for an aggregates answer (contract: 60,000).
+    #[arg(long, default_value_t = 60_000)]
+    pub aggregate_timeout_ms: u64,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -82,6 +91,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         aggregate_every: config.aggregate_every,
         profile_freshness: Duration::from_secs_f64(config.profile_freshness_s),
         aggregate_freshness: Duration::from_secs_f64(config.aggregate_freshness_s),
+        timeouts: [
+            Duration::from_millis(config.tag_timeout_ms),
+            Duration::from_millis(config.profile_timeout_ms),
+            Duration::from_millis(config.aggregate_timeout_ms),
+        ],
     };
     let driver = Driver::new(plan)?;
     let bar = if config.quiet {

@@ -21,14 +21,6 @@ impl Endpoint {
             Endpoint::Aggregates => "aggregates",
         }
     }
-
-    /// How long the contract's clients wait.
-    pub fn timeout(self) -> Duration {
-        match self {
-            Endpoint::Tags | Endpoint::Profiles => Duration::from_millis(200),
-            Endpoint::Aggregates => Duration::from_secs(60),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,11 @@ async fn the_replay_tool_finds_no_wrong_answer() {
         // The embedded backends answer read-your-writes, so ask for it.
         profile_freshness_s: 0.0,
         aggregate_freshness_s: 60.0,
+        // Timing is not what this test checks: the suite runs tests in
+        // parallel on a small machine, so allow far more than the 200 ms.
+        tag_timeout_ms: 10_000,
+        profile_timeout_ms: 10_000,
+        aggregate_timeout_ms: 60_000,
         report: None,
         plot: None,
         quiet: true,
