@@ -54,8 +54,10 @@ pub fn write_svg(path: &Path, stats: &[(Endpoint, &EndpointStats)]) -> anyhow::R
         .x_label_area_size(30)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..max_t + 1.0, 0f64..max_ms * 1.1)?;
+    // No grid: it would be most of the file, and the plot is committed.
     chart
         .configure_mesh()
+        .disable_mesh()
         .x_desc("seconds")
         .y_desc("ms")
         .draw()?;
@@ -81,41 +83,46 @@ pub fn write_svg(path: &Path, stats: &[(Endpoint, &EndpointStats)]) -> anyhow::R
         .background_style(WHITE)
         .draw()?;
 
-    // Histogram of tag-write latency, 1 ms bins up to the 99.9th percentile.
+    // Histogram of tag-write latency up to the 99.9th percentile, in at most
+    // 60 bins; the tail is folded into the last bin.
     let tags = stats
         .iter()
         .find(|(e, _)| *e == Endpoint::Tags)
         .map(|(_, s)| *s);
-    let mut ms: Vec<u64> = tags
-        .map(|s| s.samples.iter().map(|x| x.1 / 1000).collect())
+    let mut us: Vec<u64> = tags
+        .map(|s| s.samples.iter().map(|x| x.1).collect())
         .unwrap_or_default();
-    ms.sort_unstable();
-    let cap = ms
-        .get(ms.len().saturating_sub(1) * 999 / 1000)
+    us.sort_unstable();
+    let cap_ms = (us
+        .get(us.len().saturating_sub(1) * 999 / 1000)
         .copied()
-        .unwrap_or(1)
-        .max(1);
-    let mut bins = vec![0u64; cap as usize + 1];
-    for v in &ms {
-        bins[(*v).min(cap) as usize] += 1;
+        .unwrap_or(1000) as f64
+        / 1000.0)
+        .max(1.0);
+    let bin_ms = (cap_ms / 60.0).max(0.1);
+    let mut bins = vec![0u64; 61];
+    for v in &us {
+        bins[((*v as f64 / 1000.0 / bin_ms) as usize).min(60)] += 1;
     }
     let max_count = bins.iter().copied().max().unwrap_or(1).max(1);
     let mut hist = ChartBuilder::on(&bottom)
         .caption(
-            "user_tags latency histogram (1 ms bins, tail folded into the last)",
+            format!("user_tags latency histogram ({bin_ms:.1} ms bins, tail in the last)"),
             ("sans-serif", 18),
         )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..(cap + 1) as f64, 0f64..max_count as f64 * 1.1)?;
+        .build_cartesian_2d(0f64..bin_ms * 61.0, 0f64..max_count as f64 * 1.1)?;
     hist.configure_mesh()
+        .disable_mesh()
         .x_desc("ms")
         .y_desc("requests")
         .draw()?;
     hist.draw_series(bins.iter().enumerate().map(|(i, c)| {
+        let x = i as f64 * bin_ms;
         Rectangle::new(
-            [(i as f64, 0.0), (i as f64 + 0.9, *c as f64)],
+            [(x, 0.0), (x + bin_ms * 0.9, *c as f64)],
             COLORS[0].filled(),
         )
     }))?;

@@ -75,6 +75,16 @@ impl EndpointStats {
         self.correct + self.wrong + self.timed_out + self.errors
     }
 
+    /// Seconds from the start of the run to this endpoint's last answer.
+    fn span(&self, elapsed: Duration) -> f64 {
+        let last = self.samples.iter().map(|s| s.0).fold(0.0, f64::max);
+        if last > 0.0 {
+            last
+        } else {
+            elapsed.as_secs_f64()
+        }
+    }
+
     pub fn failed(&self) -> bool {
         self.wrong + self.timed_out + self.errors > 0
     }
@@ -96,7 +106,9 @@ impl EndpointStats {
             wrong: self.wrong,
             timed_out: self.timed_out,
             errors: self.errors,
-            rate_per_s: self.total() as f64 / elapsed.as_secs_f64().max(1e-9),
+            // Over the endpoint's own active span: the run's tail (waiting
+            // out freshness for the last queries) would dilute the tag rate.
+            rate_per_s: self.total() as f64 / self.span(elapsed).max(1e-9),
             latency_ms: Percentiles {
                 p50: pct(0.50),
                 p90: pct(0.90),

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md: the replay tool against a fresh all-in-one server
+# per run, at fixed rates and as fast as possible. Reports (JSON) and plots
+# (SVG) go to docs/bench/. Loopback only; every run is bounded by its tag count.
+#
+#   ./scripts/replay-bench.sh                 # every run below
+#   ./scripts/replay-bench.sh 1000 5000       # only these rates ("max" for as fast as possible)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${PORT:-18080}"
+GRPC_PORT="${GRPC_PORT:-18051}"
+OUT=docs/bench
+mkdir -p "$OUT"
+cargo build --release -p allezon -p allezon-replay >&2
+
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(1000 5000 10000 max)
+
+for rate in "${runs[@]}"; do
+  case "$rate" in
+    1000) tags=150000 ;;
+    max) tags=300000 ;;
+    *) tags=300000 ;;
+  esac
+  DATA=$(mktemp -d)
+  RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$PORT" \
+    --grpc-addr "127.0.0.1:$GRPC_PORT" --data-dir "$DATA" >/dev/null 2>&1 &
+  PID=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  rate_args=(--rate "$rate")
+  [ "$rate" = max ] && rate_args=(--max-in-flight 64)
+  echo "== $tags tags at $rate tags/s" >&2
+  ./target/release/allezon-replay --target "http://127.0.0.1:$PORT" --seed 42 \
+    --tags "$tags" "${rate_args[@]}" --quiet \
+    --report "$OUT/replay-$rate.json" --plot "$OUT/replay-$rate.svg" \
+    | tee "$OUT/replay-$rate.txt" || true
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  rm -rf "$DATA"
+done
