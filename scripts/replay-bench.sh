@@ -14,11 +14,12 @@ mkdir -p "$OUT"
 cargo build --release -p allezon -p allezon-replay >&2
 
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(1000 5000 10000 max)
+[ ${#runs[@]} -gt 0 ] || runs=(1000 2000 5000 10000 max)
 
 for rate in "${runs[@]}"; do
   case "$rate" in
     1000) tags=150000 ;;
+    2000) tags=120000 ;;
     max) tags=300000 ;;
     *) tags=300000 ;;
   esac
