@@ -12,11 +12,9 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allezon_core::config::{DataDirArgs, GrpcAddrArgs};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::aggregate_service_server::AggregateServiceServer;
 use allezon_storage::Store;
-use clap::Args;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -54,13 +52,8 @@ pub async fn run_retention(store: EmbeddedAggregateStore, shutdown: Shutdown) {
     }
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub grpc: GrpcAddrArgs,
-    #[command(flatten)]
-    pub data: DataDirArgs,
-}
+/// Flags and environment of the standalone binary.
+pub type Config = allezon_core::config::ServiceArgs;
 
 /// Runs aggregate-svc alone until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {

@@ -22,6 +22,15 @@ pub struct GrpcAddrArgs {
     pub grpc_addr: SocketAddr,
 }
 
+/// What every standalone gRPC service is started with.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub grpc: GrpcAddrArgs,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
 /// How a client reaches one of our gRPC services.
 pub fn endpoint_uri(addr: SocketAddr) -> String {
     format!("http://{addr}")

@@ -16,6 +16,9 @@ use crate::shutdown::Shutdown;
 /// full profiles stay well below it.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Reset streams tolerated before the accept loop catches up.
+const MAX_PENDING_RESETS: usize = 4096;
+
 /// Serves `routes` plus health and reflection on `listener` until `shutdown`
 /// is cancelled, then drains in-flight calls.
 ///
@@ -56,6 +59,10 @@ pub async fn serve(
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Our callers cancel calls whose own clients gave up; hyper's default
+        // (20 reset streams pending) takes a burst of those for a rapid-reset
+        // attack and drops the connection with every call on it.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
         .await

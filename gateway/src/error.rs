@@ -16,9 +16,18 @@ impl From<Error> for ApiError {
     }
 }
 
+/// A failed call to a backend. The gateway validated the request before
+/// calling, so whatever went wrong is on our side, not the client's: a
+/// transport failure (say an HTTP/2 GOAWAY, which tonic reports as
+/// RESOURCE_EXHAUSTED) must never reach the client as a 413.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        Self(Error::from_status(&status))
+        let err = Error::from_status(&status);
+        let kind = match err.kind() {
+            ErrorKind::InvalidInput | ErrorKind::DeadlineExceeded => err.kind(),
+            _ => ErrorKind::Unavailable,
+        };
+        Self(Error::new(kind, err.message().to_owned()))
     }
 }
 

@@ -7,11 +7,9 @@
 pub mod grpc;
 pub mod store;
 
-use allezon_core::config::{DataDirArgs, GrpcAddrArgs};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::id_service_server::IdServiceServer;
 use allezon_storage::Store;
-use clap::Args;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -27,13 +25,8 @@ pub fn service<S: IdStore>(store: S) -> IdServiceServer<IdGrpc<S>> {
         .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub grpc: GrpcAddrArgs,
-    #[command(flatten)]
-    pub data: DataDirArgs,
-}
+/// Flags and environment of the standalone binary.
+pub type Config = allezon_core::config::ServiceArgs;
 
 /// Runs id-svc alone until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {

@@ -10,11 +10,9 @@ pub mod store;
 
 use std::path::PathBuf;
 
-use allezon_core::config::{DataDirArgs, GrpcAddrArgs};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::profile_service_server::ProfileServiceServer;
 use allezon_storage::Store;
-use clap::Args;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -33,13 +31,8 @@ pub fn service<S: ProfileStore>(store: S) -> ProfileServiceServer<ProfileGrpc<S>
         .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub grpc: GrpcAddrArgs,
-    #[command(flatten)]
-    pub data: DataDirArgs,
-}
+/// Flags and environment of the standalone binary.
+pub type Config = allezon_core::config::ServiceArgs;
 
 /// Runs profile-svc alone until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::model::{AggregateCheck, Model, ProfileCheck};
 use crate::stats::{Endpoint, EndpointStats, Outcome};
-use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE};
+use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE, mix};
 
 /// One query in this many carries a deliberately wrong debug body: a server
 /// that echoes the body instead of computing the answer gets caught.
@@ -111,14 +111,6 @@ pub struct Driver {
     state: Mutex<State>,
     permits: Semaphore,
     started: Instant,
-}
-
-/// SplitMix64, for the tool's own deterministic choices.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl Driver {
@@ -353,8 +345,14 @@ impl Driver {
             })
             .await;
         let Some(check) = chosen else { return };
-        let expected = check.expected(&stream);
-        let url = format!("{}/aggregates?{}", self.plan.target, check.query_string());
+        // Brute force over up to 3.6 million tags: off the async workers, or
+        // the tool's own sends would stall and time out.
+        let query = check.query_string();
+        let Ok(expected) = tokio::task::spawn_blocking(move || check.expected(&stream)).await
+        else {
+            return;
+        };
+        let url = format!("{}/aggregates?{query}", self.plan.target);
         let Ok(permit) = self.permits.acquire().await else {
             return;
         };

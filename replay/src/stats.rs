@@ -40,11 +40,11 @@ pub struct EndpointStats {
     pub errors: u64,
     /// (seconds since the start, latency in microseconds) of every answer.
     pub samples: Vec<(f64, u64)>,
-    /// The first few wrong answers and errors, for the report.
+    /// The first few wrong answers, timeouts and errors, for the report.
     pub first_problems: Vec<String>,
 }
 
-const PROBLEMS_KEPT: usize = 5;
+const PROBLEMS_KEPT: u64 = 3;
 
 impl EndpointStats {
     pub fn record(
@@ -64,8 +64,16 @@ impl EndpointStats {
             self.samples
                 .push((at.as_secs_f64(), latency.as_micros() as u64));
         }
+        // The first few of each kind, so that a flood of timeouts does not
+        // hide the one wrong answer or error.
+        let seen = match outcome {
+            Outcome::Correct => 0,
+            Outcome::Wrong => self.wrong,
+            Outcome::TimedOut => self.timed_out,
+            Outcome::Error => self.errors,
+        };
         if let Some(problem) = problem
-            && self.first_problems.len() < PROBLEMS_KEPT
+            && seen <= PROBLEMS_KEPT
         {
             self.first_problems.push(problem);
         }

@@ -37,8 +37,9 @@ pub struct Stream {
     seed: u64,
 }
 
-/// SplitMix64: a fast, well-mixed hash of a counter.
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64: a fast, well-mixed hash of a counter. The tool draws every
+/// choice from it, so a seed fixes the whole run.
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

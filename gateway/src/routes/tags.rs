@@ -1,7 +1,7 @@
 //! `POST /user_tags`: validate, store durably in the profile store and the
 //! event log, then answer 204.
 
-use allezon_core::UserTag;
+use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -25,12 +25,23 @@ pub async fn post_user_tag(
     // Both writes run at once and each returns only when durable, so a 204
     // means the tag survives a crash of any process, in profiles and in
     // the statistics alike.
+    //
+    // The writes run in their own task: a client that gives up (they wait
+    // 200 ms) must not cancel a write half-way, and cancelled gRPC calls
+    // reset HTTP/2 streams, which in numbers make the services' HTTP/2 layer
+    // drop the whole connection.
     let mut profiles = backends.profiles.clone();
     let cookie = tag.cookie.clone();
-    let (profile, log) = tokio::join!(
-        profiles.append_tag(pb::AppendTagRequest { tag: Some(tag) }),
-        backends.log.append(&cookie, event),
-    );
+    let log = backends.log.append(&cookie, event);
+    let writes = tokio::spawn(async move {
+        tokio::join!(
+            profiles.append_tag(pb::AppendTagRequest { tag: Some(tag) }),
+            log
+        )
+    });
+    let (profile, log) = writes
+        .await
+        .map_err(|err| Error::internal(format!("tag write task failed: {err}")))?;
     profile?;
     log?;
     Ok(StatusCode::NO_CONTENT)
