@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::model::{AggregateCheck, Model, ProfileCheck};
+use crate::model::{AggregateCheck, MinuteCache, Model, ProfileCheck};
 use crate::stats::{Endpoint, EndpointStats, Outcome};
 use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE, mix};
 
@@ -111,6 +111,7 @@ pub struct Driver {
     state: Mutex<State>,
     permits: Semaphore,
     started: Instant,
+    minutes: Arc<MinuteCache>,
 }
 
 impl Driver {
@@ -134,6 +135,7 @@ impl Driver {
                 stats: Default::default(),
             }),
             started: Instant::now(),
+            minutes: Arc::default(),
             plan,
         }))
     }
@@ -348,7 +350,9 @@ impl Driver {
         // Brute force over up to 3.6 million tags: off the async workers, or
         // the tool's own sends would stall and time out.
         let query = check.query_string();
-        let Ok(expected) = tokio::task::spawn_blocking(move || check.expected(&stream)).await
+        let minutes = Arc::clone(&self.minutes);
+        let Ok(expected) =
+            tokio::task::spawn_blocking(move || check.expected(&stream, &minutes)).await
         else {
             return;
         };

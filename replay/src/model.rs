@@ -4,6 +4,7 @@
 //! they must show).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 
@@ -203,8 +204,9 @@ impl AggregateCheck {
         q
     }
 
-    /// The contract's SQL over the stream, by brute force.
-    pub fn expected(&self, stream: &Stream) -> Value {
+    /// The contract's SQL over the stream, by brute force over the minutes'
+    /// tags (kept compact in `cache`, so each minute is generated once).
+    pub fn expected(&self, stream: &Stream, cache: &MinuteCache) -> Value {
         let mut columns = vec!["1m_bucket", "action"];
         let mut filters = Vec::new();
         if let Some(o) = self.origin {
@@ -227,8 +229,7 @@ impl AggregateCheck {
         let rows: Vec<Value> = (self.from_minute..self.to_minute)
             .map(|m| {
                 let (mut count, mut sum) = (0u64, 0i64);
-                for n in m * TAGS_PER_MINUTE..(m + 1) * TAGS_PER_MINUTE {
-                    let t = stream.tag(n);
+                for t in cache.minute(stream, m).iter() {
                     if t.buy == self.buy
                         && self.origin.is_none_or(|o| o == t.origin)
                         && self.brand.is_none_or(|b| b == t.brand)
@@ -256,6 +257,62 @@ impl AggregateCheck {
             })
             .collect();
         json!({"columns": columns, "rows": rows})
+    }
+}
+
+/// What aggregates look at in a tag.
+#[derive(Debug, Clone, Copy)]
+pub struct Compact {
+    buy: bool,
+    origin: u16,
+    brand: u16,
+    category: u8,
+    price: i32,
+}
+
+/// The compact tags of recently asked minutes: an hour-long query would
+/// otherwise regenerate 3.6 million tags, and the tool shares the machine
+/// with the server it measures.
+#[derive(Debug, Default)]
+pub struct MinuteCache {
+    minutes: Mutex<HashMap<u64, Arc<Vec<Compact>>>>,
+}
+
+/// Minutes kept; the oldest goes first.
+const CACHED_MINUTES: usize = 180;
+
+impl MinuteCache {
+    pub fn minute(&self, stream: &Stream, m: u64) -> Arc<Vec<Compact>> {
+        if let Some(tags) = self
+            .minutes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&m)
+        {
+            return Arc::clone(tags);
+        }
+        let tags: Arc<Vec<Compact>> = Arc::new(
+            (m * TAGS_PER_MINUTE..(m + 1) * TAGS_PER_MINUTE)
+                .map(|n| {
+                    let t = stream.tag(n);
+                    Compact {
+                        buy: t.buy,
+                        origin: t.origin,
+                        brand: t.brand,
+                        category: t.category,
+                        price: t.price,
+                    }
+                })
+                .collect(),
+        );
+        let mut minutes = self.minutes.lock().unwrap_or_else(PoisonError::into_inner);
+        if minutes.len() >= CACHED_MINUTES
+            && let Some(oldest) = minutes.keys().min().copied()
+        {
+            minutes.remove(&oldest);
+        }
+        minutes.insert(m, Arc::clone(&tags));
+        tags
     }
 }
 
@@ -345,7 +402,7 @@ mod tests {
             brand: Some(stream.tag(5).brand),
             category: None,
         };
-        let body = check.expected(&stream);
+        let body = check.expected(&stream, &MinuteCache::default());
         assert_eq!(
             body["columns"],
             json!(["1m_bucket", "action", "brand_id", "sum_price", "count"])
