@@ -395,6 +395,23 @@ fn choose_profile(
         return None;
     }
     let r = |k: u64| mix(seed ^ 0x5052_4f46 ^ q.wrapping_mul(16).wrapping_add(k));
+    let settled_ms = START_MS + settled as i64;
+    // One query in eight asks for a whole day of one of the ten hottest
+    // cookies: past 200 tags per action, the keep-the-newest-200 rule alone
+    // decides that answer.
+    if r(5) % 8 == 0 {
+        let cookie = (r(6) % 10) as u32;
+        if state.poisoned_cookies.contains(&cookie) {
+            return None;
+        }
+        let limit = [None, Some(200), Some(1_000)][(r(7) % 3) as usize];
+        let from_ms = settled_ms - 86_400_000;
+        return Some(
+            state
+                .model
+                .profile_check(cookie, from_ms, settled_ms, limit, settled),
+        );
+    }
     // Mostly recent tags, so hot cookies and fresh data get asked about.
     let window = settled.min(200_000);
     let pick = settled - 1 - r(0) % window;
@@ -402,7 +419,6 @@ fn choose_profile(
     if state.poisoned_cookies.contains(&tag.cookie) {
         return None;
     }
-    let settled_ms = START_MS + settled as i64;
     let width = [1i64, 5, 50, 1_000, 60_000, 600_000, 86_400_000][(r(1) % 7) as usize];
     // One range in four ends exactly on the chosen tag, which a half-open
     // range excludes: a server treating the end as inclusive gets caught.

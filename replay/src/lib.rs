@@ -78,6 +78,19 @@ pub struct Config {
     pub quiet: bool,
 }
 
+impl Config {
+    /// The defaults of the command line (the contract's timeouts and
+    /// freshness) aimed at `target`, for runs started from code.
+    pub fn for_target(target: &str) -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Cli as clap::Parser>::parse_from(["allezon-replay", "--target", target]).config
+    }
+}
+
 /// Runs the replay and returns its report; `report.passed` is false on any
 /// wrong answer, timeout or error.
 pub async fn run(config: Config) -> anyhow::Result<Report> {

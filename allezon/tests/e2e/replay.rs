@@ -7,26 +7,20 @@ async fn the_replay_tool_finds_no_wrong_answer() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let config = allezon_replay::Config {
-        target: server.base.clone(),
         seed: 5,
         tags: 6_000,
-        rate: None,
         max_in_flight: 32,
-        profile_every: 10,
         // A whole minute of event time is 60,000 tags: too long for this
         // suite; aggregates are checked in `aggregates.rs`.
         aggregate_every: 0,
         // The embedded backends answer read-your-writes, so ask for it.
         profile_freshness_s: 0.0,
-        aggregate_freshness_s: 60.0,
         // Timing is not what this test checks: the suite runs tests in
         // parallel on a small machine, so allow far more than the 200 ms.
         tag_timeout_ms: 10_000,
         profile_timeout_ms: 10_000,
-        aggregate_timeout_ms: 60_000,
-        report: None,
-        plot: None,
         quiet: true,
+        ..allezon_replay::Config::for_target(&server.base)
     };
     let report = allezon_replay::run(config).await.unwrap();
     assert!(report.passed, "{}", allezon_replay::render(&report));
