@@ -109,14 +109,6 @@ impl Fold {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.cells.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
-    }
-
     pub fn into_cells(self) -> impl Iterator<Item = (CellKey, Totals)> {
         self.cells.into_iter()
     }

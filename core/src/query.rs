@@ -18,10 +18,6 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
-    pub fn contains(&self, ms: i64) -> bool {
-        self.from_ms <= ms && ms < self.to_ms
-    }
-
     /// Parses `<from>_<to>`, each end in either precision.
     pub fn parse(s: &str) -> Result<(Self, Precision)> {
         let (from, to) = s

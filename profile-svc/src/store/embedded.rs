@@ -58,10 +58,11 @@ impl EmbeddedProfileStore {
 impl ProfileStore for EmbeddedProfileStore {
     async fn append(&self, tag: UserTag) -> Result<()> {
         let prefix = key::prefix(&tag.cookie, tag.action);
-        let key = tag_key(&tag.cookie, tag.action, tag.time_ms, 0);
+        // The key is built before the tag moves into its encoding; the hash
+        // of that encoding fills its last bytes.
+        let mut key = tag_key(&tag.cookie, tag.action, tag.time_ms, 0);
         let value = pb::UserTag::from(tag).encode_to_vec();
         let hash = fnv1a(&value);
-        let mut key = key;
         let hash_at = key.len() - key::HASH_LEN;
         key[hash_at..].copy_from_slice(&hash.to_be_bytes());
 
