@@ -99,10 +99,13 @@ impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
         &self,
         request: Request<pb::GetWatermarksRequest>,
     ) -> Result<Response<pb::GetWatermarksResponse>, Status> {
-        let next_offsets = self
+        let marks = self
             .store
             .watermarks(&request.into_inner().partitions)
             .await?;
-        Ok(Response::new(pb::GetWatermarksResponse { next_offsets }))
+        Ok(Response::new(pb::GetWatermarksResponse {
+            next_offsets: marks.iter().map(|w| w.next).collect(),
+            pending_next_offsets: marks.iter().map(|w| w.pending_next).collect(),
+        }))
     }
 }

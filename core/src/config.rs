@@ -35,3 +35,103 @@ pub struct ServiceArgs {
 pub fn endpoint_uri(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
+
+/// The operator's port: liveness, readiness and Prometheus metrics.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Admin HTTP address serving `/healthz`, `/readyz` and `/metrics`; off
+    /// when not given.
+    #[arg(long, env = "ALLEZON_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// The Kafka event log.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (`host:port[,host:port…]`). Without them the
+    /// event log is the embedded one, inside this process.
+    #[arg(long, env = "ALLEZON_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of the event log.
+    #[arg(long, env = "ALLEZON_KAFKA_TOPIC", default_value = "user-tags")]
+    pub kafka_topic: String,
+    /// Create the topic when it is missing, with this many partitions (the
+    /// most workers that can share the load) and `--kafka-replication`.
+    #[arg(long, env = "ALLEZON_KAFKA_CREATE_PARTITIONS")]
+    pub kafka_create_partitions: Option<u32>,
+    /// Replication factor of a topic this process creates.
+    #[arg(long, env = "ALLEZON_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: u16,
+}
+
+/// Which replica serves reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AerospikeReplica {
+    Master,
+    Sequence,
+    Any,
+}
+
+/// When the server answers a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AerospikeCommitLevel {
+    /// After every replica applied it (survives losing the master).
+    All,
+    /// After the master applied it.
+    Master,
+}
+
+/// An Aerospike cluster as a service's store.
+#[derive(Debug, Clone, Args)]
+pub struct AerospikeArgs {
+    /// Seed hosts, `host:port[,host:port…]`. Without them the service uses
+    /// its embedded store in `--data-dir`.
+    #[arg(long, env = "ALLEZON_AEROSPIKE_HOSTS")]
+    pub aerospike_hosts: Option<String>,
+    #[arg(long, env = "ALLEZON_AEROSPIKE_NAMESPACE", default_value = "test")]
+    pub aerospike_namespace: String,
+    /// Prefix of the set names (`<prefix>profiles`, `<prefix>cells`, …), so
+    /// several deployments can share a namespace.
+    #[arg(long, env = "ALLEZON_AEROSPIKE_SET_PREFIX", default_value = "")]
+    pub aerospike_set_prefix: String,
+    /// Per-attempt socket timeout, in milliseconds.
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_SOCKET_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub aerospike_socket_timeout_ms: u64,
+    /// Total time for one command including retries, in milliseconds.
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_TOTAL_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
+    pub aerospike_total_timeout_ms: u64,
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_REPLICA",
+        value_enum,
+        default_value = "sequence"
+    )]
+    pub aerospike_replica: AerospikeReplica,
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_COMMIT_LEVEL",
+        value_enum,
+        default_value = "all"
+    )]
+    pub aerospike_commit_level: AerospikeCommitLevel,
+}
+
+/// What a standalone store service is started with: where it listens, and
+/// either an Aerospike cluster or a data directory.
+#[derive(Debug, Clone, Args)]
+pub struct StoreServiceArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub aerospike: AerospikeArgs,
+}

@@ -2,7 +2,9 @@
 //! forms, the contract's time formats, query parsing, the error type with its
 //! HTTP and gRPC mappings, shared configuration, shutdown and telemetry.
 
+pub mod admin;
 pub mod cells;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -161,7 +161,13 @@ fn commit_key(group: &str, partition: u32) -> Vec<u8> {
 }
 
 impl EventLog for EmbeddedLog {
-    async fn append(&self, key: &[u8], payload: Vec<u8>) -> Result<Position, LogError> {
+    async fn append(
+        &self,
+        key: &[u8],
+        payload: Vec<u8>,
+        _traceparent: Option<&str>,
+    ) -> Result<Position, LogError> {
+        // The payload (a `TagEvent`) carries the trace context itself.
         let partition = partition_for(key, self.partitions());
         let state = &self.inner.partitions[partition as usize];
         let offset = {
@@ -210,6 +216,7 @@ impl EmbeddedConsumer {
                     partition,
                     offset,
                     payload: value.to_vec(),
+                    traceparent: None,
                 });
                 *position = offset + 1;
             }
@@ -275,7 +282,7 @@ mod tests {
         {
             let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
             for i in 0..100u32 {
-                log.append(&i.to_be_bytes(), i.to_be_bytes().to_vec())
+                log.append(&i.to_be_bytes(), i.to_be_bytes().to_vec(), None)
                     .await
                     .unwrap();
             }
@@ -300,7 +307,7 @@ mod tests {
             assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
         }
         // Appends continue after the last offset, per partition.
-        let pos = log.append(b"x", b"y".to_vec()).await.unwrap();
+        let pos = log.append(b"x", b"y".to_vec(), None).await.unwrap();
         let before = seen.iter().filter(|r| r.partition == pos.partition).count() as u64;
         assert_eq!(pos.offset, before);
     }
@@ -310,7 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 1).unwrap();
         for i in 0..10u8 {
-            log.append(b"k", vec![i]).await.unwrap();
+            log.append(b"k", vec![i], None).await.unwrap();
         }
         let mut consumer = log.consumer("g").unwrap();
         consumer.commit(0, 4).await.unwrap();
@@ -325,7 +332,7 @@ mod tests {
         );
         // A waiting poll wakes on an append.
         let waiter = tokio::spawn(async move { again.poll(10, Duration::from_secs(30)).await });
-        log.append(b"k", vec![10]).await.unwrap();
+        log.append(b"k", vec![10], None).await.unwrap();
         let batch = waiter.await.unwrap().unwrap();
         assert_eq!(batch.len(), 1);
     }

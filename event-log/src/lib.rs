@@ -5,17 +5,21 @@
 //! commits) so that the embedded log and the Kafka topic are interchangeable.
 
 mod embedded;
+mod kafka;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, TRACEPARENT_HEADER};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum LogError {
     #[error("event log storage: {0}")]
     Storage(#[from] allezon_storage::StoreError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("partition {0} is not assigned to this consumer")]
     NotAssigned(u32),
 }
@@ -26,6 +30,9 @@ pub struct Record {
     pub partition: u32,
     pub offset: u64,
     pub payload: Vec<u8>,
+    /// W3C trace context of the request that accepted the record, when the
+    /// log carries one beside the payload (Kafka headers).
+    pub traceparent: Option<String>,
 }
 
 /// Where a record was appended.
@@ -38,11 +45,13 @@ pub struct Position {
 /// The producing side.
 pub trait EventLog: Send + Sync + 'static {
     /// Appends `payload` to the partition that `key` maps to. Returns once the
-    /// record is durable.
+    /// record is durable. `traceparent` travels beside the payload where the
+    /// log has room for it (Kafka headers).
     fn append(
         &self,
         key: &[u8],
         payload: Vec<u8>,
+        traceparent: Option<&str>,
     ) -> impl Future<Output = Result<Position, LogError>> + Send;
 }
 

@@ -4,37 +4,33 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use allezon_core::Error;
+use allezon_core::client::channel;
 use allezon_proto::v1::aggregate_service_client::AggregateServiceClient;
 use allezon_proto::v1::id_service_client::IdServiceClient;
 use allezon_proto::v1::profile_service_client::ProfileServiceClient;
 use event_log::EventLog;
-use tonic::transport::{Channel, Endpoint};
-
-/// Per-call deadline. Clients give up after 200 ms on tags and profiles, so a
-/// call that takes longer has already failed for them; the margin absorbs a
-/// slow fsync without turning it into an error. Aggregate queries (clients
-/// wait 60 s) read at most 1,440 cells and stay far inside it too.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use tonic::transport::Channel;
 
 pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// The event log as the gateway sees it: append, durably, or fail.
 pub trait TagSink: Send + Sync + 'static {
-    fn append(&self, cookie: &str, event: Vec<u8>) -> SinkFuture;
+    fn append(&self, cookie: &str, event: Vec<u8>, traceparent: Option<String>) -> SinkFuture;
 }
 
 impl<L: EventLog + Clone> TagSink for L {
-    fn append(&self, cookie: &str, event: Vec<u8>) -> SinkFuture {
+    fn append(&self, cookie: &str, event: Vec<u8>, traceparent: Option<String>) -> SinkFuture {
         let (log, key) = (self.clone(), cookie.as_bytes().to_vec());
         Box::pin(async move {
-            log.append(&key, event).await.map(|_| ()).map_err(|err| {
-                tracing::error!(%err, "event log append failed");
-                Error::unavailable(format!("event log: {err}"))
-            })
+            log.append(&key, event, traceparent.as_deref())
+                .await
+                .map(|_| ())
+                .map_err(|err| {
+                    tracing::error!(%err, "event log append failed");
+                    Error::unavailable(format!("event log: {err}"))
+                })
         })
     }
 }
@@ -83,15 +79,4 @@ impl Backends {
             log,
         })
     }
-}
-
-/// A lazily connecting channel with the gateway's deadlines.
-pub fn channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(uri.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
 }

@@ -19,21 +19,20 @@ mod stack;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use allezon_core::config::DataDirArgs;
+use allezon_core::admin::{self, Readiness};
+use allezon_core::config::{AdminArgs, DataDirArgs, KafkaArgs};
 use allezon_core::shutdown::Shutdown;
-use allezon_proto::v1::aggregate_service_client::AggregateServiceClient;
-use allezon_proto::v1::id_service_client::IdServiceClient;
 use allezon_storage::Store;
 use axum::Router;
 use clap::Args;
-use event_log::EmbeddedLog;
+use event_log::{EmbeddedLog, KafkaConfig, KafkaLog};
 use ingest_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 
 pub use backends::{Backends, Endpoints, TagSink};
 
 /// Consumer group of the ingest workers on the event log.
-pub const WORKER_GROUP: &str = "ingest-worker";
+pub const WORKER_GROUP: &str = ingest_worker::GROUP;
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -59,6 +58,10 @@ pub struct Config {
     pub id_svc: String,
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// The whole HTTP application: routes and middleware.
@@ -82,36 +85,67 @@ pub fn embedded_worker(
     log: &EmbeddedLog,
     endpoints: &Endpoints,
 ) -> anyhow::Result<Worker<event_log::EmbeddedConsumer>> {
-    let ids = IdServiceClient::new(backends::channel(&endpoints.id_svc)?);
-    let aggregates = AggregateServiceClient::new(backends::channel(&endpoints.aggregate_svc)?)
-        .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES);
-    Ok(Worker::new(
+    Ok(Worker::connect(
         log.consumer(WORKER_GROUP)?,
-        ids,
-        aggregates,
+        &endpoints.id_svc,
+        &endpoints.aggregate_svc,
         WorkerConfig::default(),
-    ))
+    )?)
 }
 
-/// Runs the gateway alone (with its embedded log and worker) until `shutdown`.
+/// Runs the gateway alone until `shutdown`. With Kafka brokers configured it
+/// produces to the topic and the ingest workers run as their own processes;
+/// otherwise the embedded log lives in this process's data directory, and so
+/// does its worker.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let endpoints = Endpoints {
         profile_svc: config.profile_svc,
         aggregate_svc: config.aggregate_svc,
         id_svc: config.id_svc,
     };
-    let store = Store::open(&config.data.data_dir.join("gateway"))?;
-    let log = EmbeddedLog::open(&store, 1)?;
-    let worker_shutdown = Shutdown::new();
-    let worker = tokio::spawn(embedded_worker(&log, &endpoints)?.run(worker_shutdown.clone()));
+    let readiness = Readiness::default();
+    admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let mut worker = None;
+    let log: Arc<dyn TagSink> = match kafka_config(&config.kafka) {
+        Some(kafka) => {
+            if kafka.partitions > 0 {
+                kafka.ensure_topic().await?;
+            }
+            Arc::new(KafkaLog::new(&kafka)?)
+        }
+        None => {
+            let store = Store::open(&config.data.data_dir.join("gateway"))?;
+            let log = EmbeddedLog::open(&store, 1)?;
+            let worker_shutdown = Shutdown::new();
+            let task =
+                tokio::spawn(embedded_worker(&log, &endpoints)?.run(worker_shutdown.clone()));
+            worker = Some((worker_shutdown, task));
+            Arc::new(log)
+        }
+    };
 
-    let backends = Backends::connect_lazy(&endpoints, Arc::new(log))?;
+    let backends = Backends::connect_lazy(&endpoints, log)?;
     let listener = TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    readiness.set(true);
     serve(listener, backends, shutdown).await?;
     // The worker stops after the gateway has drained, so every tag it
     // accepted is folded before exit or, at worst, on the next start.
-    worker_shutdown.cancel();
-    worker.await??;
+    if let Some((worker_shutdown, task)) = worker {
+        worker_shutdown.cancel();
+        task.await??;
+    }
     Ok(())
+}
+
+/// The Kafka log's settings, when brokers are configured. `partitions` is 0
+/// unless this process should create the topic.
+pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
+    Some(KafkaConfig {
+        brokers: args.kafka_brokers.clone()?,
+        topic: args.kafka_topic.clone(),
+        partitions: args.kafka_create_partitions.unwrap_or(0),
+        replication: args.kafka_replication,
+        produce_timeout: std::time::Duration::from_secs(10),
+    })
 }

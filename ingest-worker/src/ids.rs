@@ -1,6 +1,7 @@
 //! Name-to-id resolution through id-svc, cached: ids never change, so a name
 //! costs one call in the worker's lifetime.
 
+use allezon_core::client::retry;
 use std::collections::HashMap;
 
 use allezon_proto::v1 as pb;
@@ -57,12 +58,14 @@ impl IdCache {
                 })
                 .collect(),
         };
-        let ids = self
-            .client
-            .get_or_create_ids(request)
-            .await?
-            .into_inner()
-            .ids;
+        // Safe to repeat: a name gets the same id however often it is asked.
+        let ids = retry(|| {
+            let (mut client, request) = (self.client.clone(), request.clone());
+            async move { client.get_or_create_ids(request).await }
+        })
+        .await?
+        .into_inner()
+        .ids;
         if ids.len() != missing.len() {
             return Err(tonic::Status::internal(
                 "id-svc answered a different number of ids",

@@ -2,10 +2,74 @@
 //! all 8 filter combinations, and sends packed increments to aggregate-svc,
 //! exactly once (see [`worker`]).
 //!
-//! With the embedded log it runs inside the all-in-one `allezon` binary,
-//! which owns the log.
+//! With the embedded log it runs inside the process that owns the log (the
+//! all-in-one `allezon`, or a standalone gateway). With Kafka it is its own
+//! binary, and scales by starting more of it, up to the topic's partitions.
 
 mod ids;
 pub mod worker;
 
 pub use worker::{Worker, WorkerConfig, WorkerError};
+
+use allezon_core::admin::{self, Readiness};
+use allezon_core::config::{AdminArgs, KafkaArgs};
+use allezon_core::shutdown::Shutdown;
+use clap::Args;
+use event_log::{KafkaConfig, KafkaConsumer};
+
+/// Consumer group of the ingest workers on the event log.
+pub const GROUP: &str = "ingest-worker";
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; workers in one group share the partitions.
+    #[arg(long, env = "ALLEZON_KAFKA_GROUP", default_value = GROUP)]
+    pub kafka_group: String,
+    /// gRPC endpoint of aggregate-svc.
+    #[arg(
+        long,
+        env = "ALLEZON_AGGREGATE_SVC",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub aggregate_svc: String,
+    /// gRPC endpoint of id-svc.
+    #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
+    pub id_svc: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Runs one worker of the group until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let Some(brokers) = config.kafka.kafka_brokers.clone() else {
+        anyhow::bail!(
+            "--kafka-brokers (ALLEZON_KAFKA_BROKERS) is required: with the embedded log \
+             the worker runs inside the process that owns the log"
+        );
+    };
+    let kafka = KafkaConfig {
+        brokers,
+        topic: config.kafka.kafka_topic.clone(),
+        partitions: config.kafka.kafka_create_partitions.unwrap_or(0),
+        replication: config.kafka.kafka_replication,
+        produce_timeout: std::time::Duration::from_secs(10),
+    };
+    if kafka.partitions > 0 {
+        kafka.ensure_topic().await?;
+    }
+    let readiness = Readiness::default();
+    admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
+    let worker = Worker::connect(
+        consumer,
+        &config.id_svc,
+        &config.aggregate_svc,
+        WorkerConfig::default(),
+    )?;
+    tracing::info!(topic = %kafka.topic, group = %config.kafka_group, "ingest worker started");
+    readiness.set(true);
+    worker.run(shutdown).await?;
+    Ok(())
+}

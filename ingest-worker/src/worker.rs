@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use allezon_core::cells::{Fold, FoldInput};
+use allezon_core::client::channel;
 use allezon_core::shutdown::Shutdown;
 use allezon_core::{Action, ErrorKind};
 use allezon_proto::v1 as pb;
@@ -54,6 +55,18 @@ pub enum WorkerError {
     Aggregates(tonic::Status),
 }
 
+impl WorkerError {
+    /// Failures that go away by themselves: a service restarting, a broker
+    /// or network hiccup. The worker retries them with backoff.
+    fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Aggregates(status) => transient(status),
+            WorkerError::Log(LogError::Kafka(_)) => true,
+            WorkerError::Log(_) => false,
+        }
+    }
+}
+
 pub struct Worker<C> {
     consumer: C,
     ids: IdCache,
@@ -61,6 +74,12 @@ pub struct Worker<C> {
     config: WorkerConfig,
     /// The consumer generation whose partitions were positioned.
     positioned: Option<u64>,
+    /// Per partition, the end of a batch the store started but did not
+    /// finish: the next batch must end exactly there.
+    cuts: BTreeMap<u32, u64>,
+    /// Records polled beyond a cut, or before it was reached, kept for the
+    /// next batch.
+    held: BTreeMap<u32, Vec<Record>>,
 }
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
@@ -80,7 +99,23 @@ impl<C: LogConsumer> Worker<C> {
             aggregates,
             config,
             positioned: None,
+            cuts: BTreeMap::new(),
+            held: BTreeMap::new(),
         }
+    }
+
+    /// A worker calling id-svc and aggregate-svc at the given `http://` URIs
+    /// over pooled, lazily connecting channels.
+    pub fn connect(
+        consumer: C,
+        id_svc: &str,
+        aggregate_svc: &str,
+        config: WorkerConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let ids = pb::id_service_client::IdServiceClient::new(channel(id_svc)?);
+        let aggregates = AggregateServiceClient::new(channel(aggregate_svc)?)
+            .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES);
+        Ok(Self::new(consumer, ids, aggregates, config))
     }
 
     /// Runs until `shutdown`. Transient failures of the services are retried
@@ -90,8 +125,8 @@ impl<C: LogConsumer> Worker<C> {
         while !shutdown.is_cancelled() {
             match self.step(&shutdown).await {
                 Ok(()) => backoff = FIRST_BACKOFF,
-                Err(WorkerError::Aggregates(status)) if transient(&status) => {
-                    tracing::warn!(%status, ?backoff, "aggregate path unavailable, retrying");
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(%err, ?backoff, "aggregate path or log unavailable, retrying");
                     // Re-read the watermarks: the failed call may have landed.
                     self.positioned = None;
                     tokio::select! {
@@ -120,15 +155,30 @@ impl<C: LogConsumer> Worker<C> {
             let room = self.config.batch_max - records.len();
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
-        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        let mut by_partition = std::mem::take(&mut self.held);
         for record in records {
             by_partition
                 .entry(record.partition)
                 .or_default()
                 .push(record);
         }
-        for (partition, records) in by_partition {
+        for (partition, mut records) in by_partition {
+            if let Some(&cut) = self.cuts.get(&partition) {
+                // Re-cut the unfinished batch exactly; the rest waits.
+                let beyond = records.partition_point(|r| r.offset < cut);
+                let rest = records.split_off(beyond);
+                let complete =
+                    !rest.is_empty() || records.last().is_some_and(|r| r.offset + 1 >= cut);
+                if !complete {
+                    self.held.insert(partition, records);
+                    continue;
+                }
+                if !rest.is_empty() {
+                    self.held.insert(partition, rest);
+                }
+            }
             self.apply(partition, &records).await?;
+            self.cuts.remove(&partition);
         }
         Ok(())
     }
@@ -141,19 +191,31 @@ impl<C: LogConsumer> Worker<C> {
             return Ok(());
         }
         let partitions = self.consumer.assignment();
-        let watermarks = self
+        let marks = self
             .aggregates
             .get_watermarks(pb::GetWatermarksRequest {
                 partitions: partitions.clone(),
             })
             .await
             .map_err(WorkerError::Aggregates)?
-            .into_inner()
-            .next_offsets;
-        for (partition, watermark) in partitions.into_iter().zip(watermarks) {
+            .into_inner();
+        // Records in hand were read from positions that are now void.
+        self.held.clear();
+        self.cuts.clear();
+        let pending = marks
+            .pending_next_offsets
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0));
+        for ((partition, watermark), pending) in
+            partitions.into_iter().zip(marks.next_offsets).zip(pending)
+        {
             // 0 means nothing applied yet: keep the log's committed position.
             if watermark > 0 {
                 self.consumer.seek(partition, watermark)?;
+            }
+            if pending > watermark {
+                self.cuts.insert(partition, pending);
             }
         }
         self.positioned = Some(generation);

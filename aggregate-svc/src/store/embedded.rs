@@ -17,7 +17,7 @@ use allezon_core::cells::{CellKey, Totals};
 use allezon_core::{Action, Error, Result};
 use allezon_storage::{Keyspace, Store, StoreError};
 
-use super::{AggregateStore, Applied, CellFilter, DeltaBatch, RETENTION_MINUTES};
+use super::{AggregateStore, Applied, CellFilter, DeltaBatch, RETENTION_MINUTES, Watermark};
 
 #[derive(Clone)]
 pub struct EmbeddedAggregateStore {
@@ -269,8 +269,17 @@ impl AggregateStore for EmbeddedAggregateStore {
         Ok(Applied::Applied)
     }
 
-    async fn watermarks(&self, partitions: &[u32]) -> Result<Vec<u64>> {
-        partitions.iter().map(|p| self.watermark(*p)).collect()
+    async fn watermarks(&self, partitions: &[u32]) -> Result<Vec<Watermark>> {
+        // Batches apply atomically here, so none is ever left pending.
+        partitions
+            .iter()
+            .map(|p| {
+                self.watermark(*p).map(|next| Watermark {
+                    next,
+                    pending_next: 0,
+                })
+            })
+            .collect()
     }
 
     async fn query(
@@ -367,7 +376,8 @@ mod tests {
                 .unwrap(),
             Applied::Applied
         );
-        assert_eq!(store.watermarks(&[0, 1]).await.unwrap(), [9, 0]);
+        let marks = store.watermarks(&[0, 1]).await.unwrap();
+        assert_eq!(marks.iter().map(|w| w.next).collect::<Vec<_>>(), [9, 0]);
         let got = store.query(filter(1), 6, 9).await.unwrap();
         assert_eq!(
             got,

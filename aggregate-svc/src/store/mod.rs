@@ -31,6 +31,16 @@ pub enum Applied {
     Replayed,
 }
 
+/// Where a partition stands in a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// The offset after the last applied record (0: none).
+    pub next: u64,
+    /// The end of a batch that was started but not finished (0: none). The
+    /// next batch of the partition must be exactly `[next, pending_next)`.
+    pub pending_next: u64,
+}
+
 /// Which cells a query reads: the action and the filter ids, 0 for absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CellFilter {
@@ -46,8 +56,9 @@ pub trait AggregateStore: Send + Sync + 'static {
     /// overlaps it in part is refused (the caller re-reads the watermark).
     fn apply(&self, batch: DeltaBatch) -> impl Future<Output = Result<Applied>> + Send;
 
-    /// Per partition, the offset after the last applied record (0: none).
-    fn watermarks(&self, partitions: &[u32]) -> impl Future<Output = Result<Vec<u64>>> + Send;
+    /// Per partition, where it stands.
+    fn watermarks(&self, partitions: &[u32])
+    -> impl Future<Output = Result<Vec<Watermark>>> + Send;
 
     /// Totals of each minute in `[from_minute, to_minute)`, zeros included.
     fn query(

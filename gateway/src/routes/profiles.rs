@@ -1,5 +1,6 @@
 //! `POST /user_profiles/{cookie}?time_range=<from>_<to>[&limit=<n>]`.
 
+use allezon_core::client::retry;
 use allezon_core::query::ProfileQuery;
 use allezon_core::tag::MAX_COOKIE_LEN;
 use allezon_core::{Error, UserTag};
@@ -38,17 +39,18 @@ pub async fn post_user_profile(
         .into());
     }
     let query = ProfileQuery::parse(query.as_deref())?;
-    let profile = backends
-        .profiles
-        .clone()
-        .get_profile(pb::GetProfileRequest {
-            cookie: cookie.clone(),
-            from_ms: query.range.from_ms,
-            to_ms: query.range.to_ms,
-            limit: query.limit,
-        })
-        .await?
-        .into_inner();
+    let request = pb::GetProfileRequest {
+        cookie: cookie.clone(),
+        from_ms: query.range.from_ms,
+        to_ms: query.range.to_ms,
+        limit: query.limit,
+    };
+    let profile = retry(|| {
+        let (mut client, request) = (backends.profiles.clone(), request.clone());
+        async move { client.get_profile(request).await }
+    })
+    .await?
+    .into_inner();
     Ok(Json(ProfileBody {
         cookie,
         views: to_domain(profile.views)?,

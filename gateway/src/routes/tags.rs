@@ -1,12 +1,13 @@
 //! `POST /user_tags`: validate, store durably in the profile store and the
 //! event log, then answer 204.
 
+use allezon_core::client::retry;
 use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use prost::Message;
 
 use crate::backends::Backends;
@@ -14,12 +15,14 @@ use crate::error::{ApiError, body_error};
 
 pub async fn post_user_tag(
     State(backends): State<Backends>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let tag: pb::UserTag = UserTag::from_json(&body.map_err(body_error)?)?.into();
+    let traceparent = traceparent(&headers);
     let event = pb::TagEvent {
         tag: Some(tag.clone()),
-        traceparent: String::new(),
+        traceparent: traceparent.clone().unwrap_or_default(),
     }
     .encode_to_vec();
     // Both writes run at once and each returns only when durable, so a 204
@@ -30,12 +33,19 @@ pub async fn post_user_tag(
     // 200 ms) must not cancel a write half-way, and cancelled gRPC calls
     // reset HTTP/2 streams, which in numbers make the services' HTTP/2 layer
     // drop the whole connection.
-    let mut profiles = backends.profiles.clone();
+    let profiles = backends.profiles.clone();
     let cookie = tag.cookie.clone();
-    let log = backends.log.append(&cookie, event);
+    let log = backends.log.append(&cookie, event, traceparent);
     let writes = tokio::spawn(async move {
         tokio::join!(
-            profiles.append_tag(pb::AppendTagRequest { tag: Some(tag) }),
+            // Safe to repeat: an identical tag is stored once.
+            retry(|| {
+                let mut client = profiles.clone();
+                let request = pb::AppendTagRequest {
+                    tag: Some(tag.clone()),
+                };
+                async move { client.append_tag(request).await }
+            }),
             log
         )
     });
@@ -45,4 +55,18 @@ pub async fn post_user_tag(
     profile?;
     log?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's W3C trace context, passed on to the event log so the
+/// worker's processing of the tag joins the caller's trace. Only a
+/// well-formed `version-traceid-spanid-flags` value is carried.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let parts: Vec<&str> = value.split('-').collect();
+    let well_formed = parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()));
+    well_formed.then(|| value.to_ascii_lowercase())
 }

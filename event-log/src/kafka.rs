@@ -1,0 +1,327 @@
+//! The event log on a Kafka topic (rdkafka, vendored librdkafka).
+//!
+//! Producer: idempotent, `acks=all`, keyed by cookie, so one cookie's tags
+//! keep their order in one partition and a retried send is not duplicated by
+//! the broker. `append` returns only once the broker confirmed the write.
+//!
+//! Consumer: a member of a consumer group with auto-commit off. Offsets are
+//! committed by the worker after its batch is applied, but the worker starts
+//! every newly assigned partition at the aggregate store's own watermark, so
+//! a commit that lags (or is lost in a rebalance) replays nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{EventLog, LogConsumer, LogError, Position, Record};
+
+/// Header that carries the W3C trace context of the request that accepted
+/// the tag, so the worker's span joins the gateway's trace.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// How to reach the topic, and what it should look like when created.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    /// Partitions of the topic when this process creates it. Workers scale
+    /// up to this number.
+    pub partitions: u32,
+    /// Replication factor when this process creates the topic.
+    pub replication: u16,
+    /// How long a produce may take before the tag is refused. The gateway's
+    /// clients wait 200 ms, but a refused tag must be a real failure, not a
+    /// slow broker, so this is generous.
+    pub produce_timeout: Duration,
+}
+
+impl KafkaConfig {
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            // Loopback and cluster-internal brokers only: IPv4 first avoids a
+            // dead `localhost` → ::1 attempt on hosts without IPv6.
+            .set("broker.address.family", "v4");
+        config
+    }
+
+    /// Creates the topic unless it exists. Brokers that auto-create topics
+    /// would pick their own partition count, so this is explicit.
+    pub async fn ensure_topic(&self) -> Result<(), LogError> {
+        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
+        let topic = NewTopic::new(
+            &self.topic,
+            i32::try_from(self.partitions).unwrap_or(i32::MAX),
+            TopicReplication::Fixed(i32::from(self.replication)),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics([&topic], &options).await? {
+            match result {
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partitions = self.partitions, "created topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(LogError::Kafka(KafkaError::AdminOp(code)))
+                        .inspect_err(|_| tracing::error!(%topic, %code, "creating topic failed"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The producing side, shared by all requests of a gateway.
+#[derive(Clone)]
+pub struct KafkaLog {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    timeout: Duration,
+}
+
+impl KafkaLog {
+    pub fn new(config: &KafkaConfig) -> Result<Self, LogError> {
+        let producer = config
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // A short linger batches concurrent tags into one produce request
+            // without adding much to the 204's latency.
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                config.produce_timeout.as_millis().to_string(),
+            )
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: config.topic.as_str().into(),
+            timeout: config.produce_timeout,
+        })
+    }
+}
+
+impl EventLog for KafkaLog {
+    async fn append(
+        &self,
+        key: &[u8],
+        payload: Vec<u8>,
+        traceparent: Option<&str>,
+    ) -> Result<Position, LogError> {
+        let mut record = FutureRecord::to(&self.topic).key(key).payload(&payload);
+        if let Some(traceparent) = traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: TRACEPARENT_HEADER,
+                value: Some(traceparent),
+            }));
+        }
+        let delivery = self
+            .producer
+            .send(record, self.timeout)
+            .await
+            .map_err(|(err, _)| LogError::Kafka(err))?;
+        Ok(Position {
+            partition: u32::try_from(delivery.partition).unwrap_or_default(),
+            offset: u64::try_from(delivery.offset).unwrap_or_default(),
+        })
+    }
+}
+
+/// Assignment as seen by rebalance callbacks, read by the worker between
+/// polls. Kept as plain numbers: holding a `TopicPartitionList` from the
+/// consumer would keep it from closing.
+#[derive(Default)]
+struct Assignment {
+    partitions: Mutex<Vec<u32>>,
+    generation: AtomicU64,
+}
+
+struct GroupContext {
+    assignment: Arc<Assignment>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut partitions = self
+            .assignment
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match rebalance {
+            Rebalance::Assign(list) => {
+                *partitions = list
+                    .elements()
+                    .iter()
+                    .filter_map(|e| u32::try_from(e.partition()).ok())
+                    .collect();
+                partitions.sort_unstable();
+            }
+            Rebalance::Revoke(_) => partitions.clear(),
+            Rebalance::Error(err) => {
+                tracing::error!(%err, "rebalance failed");
+                partitions.clear();
+            }
+        }
+        tracing::info!(partitions = ?*partitions, "partition assignment changed");
+        self.assignment.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// One member of a consumer group on the topic.
+pub struct KafkaConsumer {
+    consumer: StreamConsumer<GroupContext>,
+    topic: String,
+    assignment: Arc<Assignment>,
+    /// Seeks librdkafka refused so far (a partition whose fetcher has not
+    /// started yet answers "erroneous state"); retried before every poll, and
+    /// records of such a partition are dropped until its seek lands.
+    pending_seeks: BTreeMap<u32, u64>,
+    /// Generation the pending seeks belong to.
+    seeks_generation: u64,
+}
+
+impl KafkaConsumer {
+    pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
+        let assignment = Arc::new(Assignment::default());
+        let consumer: StreamConsumer<GroupContext> = config
+            .client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            // The worker decides where each partition starts; the log's
+            // position is only a fallback for partitions never applied.
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create_with_context(GroupContext {
+                assignment: Arc::clone(&assignment),
+            })?;
+        consumer.subscribe(&[config.topic.as_str()])?;
+        Ok(Self {
+            consumer,
+            topic: config.topic.clone(),
+            assignment,
+            pending_seeks: BTreeMap::new(),
+            seeks_generation: 0,
+        })
+    }
+
+    fn apply_seeks(&mut self) {
+        let generation = self.generation();
+        if generation != self.seeks_generation {
+            // A rebalance since: the worker positions the new assignment.
+            self.pending_seeks.clear();
+            self.seeks_generation = generation;
+        }
+        let (consumer, topic) = (&self.consumer, self.topic.as_str());
+        self.pending_seeks.retain(|&partition, &mut offset| {
+            let at = Offset::Offset(i64::try_from(offset).unwrap_or(i64::MAX));
+            let p = i32::try_from(partition).unwrap_or_default();
+            match consumer.seek(topic, p, at, Duration::from_secs(1)) {
+                Ok(()) => false,
+                Err(err) => {
+                    tracing::debug!(%err, partition, offset, "seek not possible yet");
+                    true
+                }
+            }
+        });
+    }
+
+    fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
+        let traceparent = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == TRACEPARENT_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
+        Some(Record {
+            partition: u32::try_from(message.partition()).ok()?,
+            offset: u64::try_from(message.offset()).ok()?,
+            payload: message.payload().unwrap_or_default().to_vec(),
+            traceparent,
+        })
+    }
+}
+
+impl LogConsumer for KafkaConsumer {
+    fn assignment(&self) -> Vec<u32> {
+        self.assignment
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.assignment.generation.load(Ordering::Acquire)
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::new();
+        self.apply_seeks();
+        let generation = self.generation();
+        // Wait for the first record; rebalances are served inside `recv`.
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_elapsed) => return Ok(out),
+            Ok(message) => message?,
+        };
+        out.extend(Self::to_record(&first));
+        drop(first);
+        // Then take what is already fetched, without waiting.
+        while out.len() < max && self.generation() == generation {
+            match self.consumer.recv().now_or_never() {
+                Some(message) => out.extend(Self::to_record(&message?)),
+                None => break,
+            }
+        }
+        if self.generation() != generation {
+            // Records fetched across a rebalance may belong to partitions
+            // this member no longer owns; the worker repositions first.
+            let owned = self.assignment();
+            out.retain(|r| owned.contains(&r.partition));
+        }
+        self.apply_seeks();
+        out.retain(|r| !self.pending_seeks.contains_key(&r.partition));
+        Ok(out)
+    }
+
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
+        if !self.assignment().contains(&partition) {
+            return Err(LogError::NotAssigned(partition));
+        }
+        self.pending_seeks.insert(partition, offset);
+        self.apply_seeks();
+        Ok(())
+    }
+
+    async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(
+            &self.topic,
+            i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?,
+            Offset::Offset(i64::try_from(next_offset).unwrap_or(i64::MAX)),
+        )?;
+        // Async: the aggregate store's watermark is the truth, this commit
+        // only shortens the replay of a partition after a crash and feeds
+        // lag monitoring. A failed commit is logged by librdkafka.
+        self.consumer.commit(&list, CommitMode::Async)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: allezon_core::Allocator = allezon_core::Allocator;
+
+/// ingest-worker: folds the Kafka event log into aggregate cells.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ingest_worker::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    allezon_core::telemetry::init("ingest-worker");
+    ingest_worker::run(cli.config, allezon_core::shutdown::on_signal()).await
+}
