@@ -33,7 +33,7 @@ pub fn tag_key(cookie: &str, action: Action, time_ms: i64, hash: u64) -> Vec<u8>
 }
 
 /// Flipping the sign bit makes big-endian byte order match numeric order.
-fn encode_time(ms: i64) -> [u8; 8] {
+pub fn encode_time(ms: i64) -> [u8; 8] {
     ((ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 

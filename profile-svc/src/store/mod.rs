@@ -1,6 +1,7 @@
 //! Where profiles live. The service talks to a [`ProfileStore`]; the embedded
 //! engine implements it today, Aerospike joins it behind the same trait.
 
+mod aerospike;
 mod embedded;
 mod key;
 
@@ -10,6 +11,7 @@ use allezon_core::query::TimeRange;
 use allezon_core::{Action, Result, UserTag};
 use allezon_proto::v1 as pb;
 
+pub use aerospike::AerospikeProfileStore;
 pub use embedded::EmbeddedProfileStore;
 
 /// Tags kept per cookie and action; older ones may be dropped.

@@ -1,0 +1,178 @@
+//! The Aerospike cluster as a store: one connected client per process,
+//! policies built once from configuration, set names with the deployment's
+//! prefix, and the mapping of Aerospike errors onto Allezon's.
+//!
+//! The stores themselves live with their services (`profile-svc`,
+//! `aggregate-svc`, `id-svc`), next to their embedded twins.
+
+use std::sync::Arc;
+
+use aerospike::policy::{BasePolicy, CommitLevel, Expiration, Replica};
+use aerospike::{Client, ClientPolicy, Key, ReadPolicy, ResultCode, Value, WritePolicy};
+use allezon_core::Error;
+use allezon_core::config::{AerospikeArgs, AerospikeCommitLevel, AerospikeReplica};
+
+pub use aerospike;
+
+/// A connected cluster and the policies every store uses.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Arc<Client>,
+    namespace: Arc<str>,
+    set_prefix: Arc<str>,
+    base: BasePolicy,
+    commit_level: CommitLevel,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("namespace", &self.namespace)
+            .field("set_prefix", &self.set_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects to the seed hosts in `args`, which must be set.
+    pub async fn connect(args: &AerospikeArgs) -> Result<Self, Error> {
+        let hosts = args
+            .aerospike_hosts
+            .as_deref()
+            .ok_or_else(|| Error::invalid("aerospike_hosts", "not configured"))?;
+        let client = Client::new(&ClientPolicy::default(), &hosts.to_owned())
+            .await
+            .map_err(|err| Error::unavailable(format!("aerospike at {hosts}: {err}")))?;
+        let mut base = BasePolicy::default();
+        base.socket_timeout = millis(args.aerospike_socket_timeout_ms);
+        base.total_timeout = millis(args.aerospike_total_timeout_ms);
+        base.replica = match args.aerospike_replica {
+            AerospikeReplica::Master => Replica::Master,
+            AerospikeReplica::Sequence => Replica::MasterProles,
+            AerospikeReplica::Any => Replica::Random,
+        };
+        let commit_level = match args.aerospike_commit_level {
+            AerospikeCommitLevel::All => CommitLevel::CommitAll,
+            AerospikeCommitLevel::Master => CommitLevel::CommitMaster,
+        };
+        tracing::info!(%hosts, namespace = %args.aerospike_namespace, "connected to aerospike");
+        Ok(Self {
+            client: Arc::new(client),
+            namespace: args.aerospike_namespace.as_str().into(),
+            set_prefix: args.aerospike_set_prefix.as_str().into(),
+            base,
+            commit_level,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The full name of one of our sets.
+    pub fn set(&self, name: &str) -> String {
+        format!("{}{name}", self.set_prefix)
+    }
+
+    pub fn key(&self, set: &str, key: impl Into<Value>) -> Result<Key, Error> {
+        Key::new(self.namespace.as_ref(), set, key.into()).map_err(to_error)
+    }
+
+    pub fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            base_policy: self.base.clone(),
+            ..ReadPolicy::default()
+        }
+    }
+
+    /// For `operate` calls that only read: they may be retried freely.
+    pub fn read_operate_policy(&self) -> WritePolicy {
+        WritePolicy {
+            base_policy: self.base.clone(),
+            ..WritePolicy::default()
+        }
+    }
+
+    /// Writes keep the record's TTL unless told otherwise and wait for the
+    /// configured commit level. Retries are off: our writes are increments
+    /// and appends, and a retry after a lost answer must be the caller's
+    /// decision, made with the idempotency check in hand.
+    pub fn write_policy(&self) -> WritePolicy {
+        let mut base = self.base.clone();
+        base.max_retries = 0;
+        WritePolicy {
+            base_policy: base,
+            commit_level: self.commit_level,
+            expiration: Expiration::DontUpdate,
+            ..WritePolicy::default()
+        }
+    }
+}
+
+fn millis(ms: u64) -> u32 {
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
+/// The result code of a server-side failure, if it was one.
+pub fn result_code(err: &aerospike::Error) -> Option<ResultCode> {
+    err.server_result_code()
+}
+
+/// Aerospike's errors as Allezon's: time-outs and unreachable nodes are
+/// transient (callers retry), the rest is a bug or a misconfiguration.
+pub fn to_error(err: aerospike::Error) -> Error {
+    use aerospike::ErrorKind;
+    match err.kind() {
+        ErrorKind::Timeout => allezon_core::Error::new(
+            allezon_core::ErrorKind::DeadlineExceeded,
+            format!("aerospike: {err}"),
+        ),
+        ErrorKind::Connection
+        | ErrorKind::ConnectionPoolEmpty
+        | ErrorKind::NoMoreConnections
+        | ErrorKind::MaxErrorRate
+        | ErrorKind::InvalidNode => Error::unavailable(format!("aerospike: {err}")),
+        ErrorKind::Server { rc, .. }
+            if matches!(
+                rc,
+                ResultCode::KeyBusy
+                    | ResultCode::Timeout
+                    | ResultCode::DeviceOverload
+                    | ResultCode::PartitionUnavailable
+            ) =>
+        {
+            Error::unavailable(format!("aerospike: {err}"))
+        }
+        _ => Error::internal(format!("aerospike: {err}")),
+    }
+}
+
+/// For tests: the cluster named by `AEROSPIKE_HOSTS`, with sets prefixed by
+/// `prefix` and a unique suffix so runs do not see each other's records.
+/// `None`, said loudly, when the variable is not set.
+pub async fn test_cluster(prefix: &str) -> Option<Cluster> {
+    let Ok(hosts) = std::env::var("AEROSPIKE_HOSTS") else {
+        eprintln!("SKIPPED: AEROSPIKE_HOSTS is not set, so the Aerospike backend is not tested");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let args = AerospikeArgs {
+        aerospike_hosts: Some(hosts),
+        aerospike_namespace: std::env::var("AEROSPIKE_NAMESPACE").unwrap_or_else(|_| "test".into()),
+        aerospike_set_prefix: format!("{prefix}{}_", nanos % 1_000_000_000),
+        aerospike_socket_timeout_ms: 1000,
+        aerospike_total_timeout_ms: 3000,
+        aerospike_replica: AerospikeReplica::Sequence,
+        aerospike_commit_level: AerospikeCommitLevel::All,
+    };
+    match Cluster::connect(&args).await {
+        Ok(cluster) => Some(cluster),
+        Err(err) => panic!("AEROSPIKE_HOSTS is set but the cluster is unreachable: {err}"),
+    }
+}
