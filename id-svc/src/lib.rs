@@ -15,7 +15,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 pub use grpc::IdGrpc;
-pub use store::{EmbeddedIdStore, IdStore};
+pub use store::{AerospikeIdStore, EmbeddedIdStore, IdStore};
 
 pub const SERVICE_NAME: &str = <IdServiceServer<IdGrpc<EmbeddedIdStore>> as NamedService>::NAME;
 

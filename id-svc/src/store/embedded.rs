@@ -1,23 +1,12 @@
-//! Where ids live: the [`IdStore`] trait and its embedded implementation.
+//! Ids in the embedded engine.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use allezon_core::{Error, Result};
 use allezon_proto::v1::Dimension;
 use allezon_storage::{Keyspace, Store, StoreError};
 
-/// A name of one dimension.
-pub type Name = (Dimension, String);
-
-pub trait IdStore: Send + Sync + 'static {
-    /// The id of each name, creating missing ones durably. Ids start at 1 and
-    /// never change; concurrent first use of a name yields one id.
-    fn get_or_create(&self, names: Vec<Name>) -> impl Future<Output = Result<Vec<u32>>> + Send;
-
-    /// The id of each name, 0 for names never seen.
-    fn lookup(&self, names: Vec<Name>) -> impl Future<Output = Result<Vec<u32>>> + Send;
-}
+use super::{IdStore, Name, check};
 
 /// Ids in a keyspace: `[dimension][name] -> id`, and `[0][dimension] -> last
 /// id handed out`. Creation happens under one lock, so two first uses of a
@@ -60,16 +49,6 @@ fn name_key(dimension: Dimension, name: &str) -> Vec<u8> {
 
 fn counter_key(dimension: Dimension) -> [u8; 2] {
     [0, dimension as u8]
-}
-
-fn check(dimension: Dimension) -> Result<()> {
-    if dimension == Dimension::Unspecified {
-        return Err(Error::invalid(
-            "dimension",
-            "must be ORIGIN, BRAND or CATEGORY",
-        ));
-    }
-    Ok(())
 }
 
 impl IdStore for EmbeddedIdStore {
