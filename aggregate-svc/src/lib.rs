@@ -20,7 +20,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 pub use grpc::AggregateGrpc;
-pub use store::{AggregateStore, EmbeddedAggregateStore, Watermark};
+pub use store::{AerospikeAggregateStore, AggregateStore, EmbeddedAggregateStore, Watermark};
 
 pub const SERVICE_NAME: &str =
     <AggregateServiceServer<AggregateGrpc<EmbeddedAggregateStore>> as NamedService>::NAME;

@@ -206,15 +206,7 @@ impl EmbeddedAggregateStore {
         if batch.next <= watermark {
             return Ok(false);
         }
-        if batch.start != watermark && watermark != 0 {
-            return Err(Error::new(
-                allezon_core::ErrorKind::Conflict,
-                format!(
-                    "batch [{}, {}) of partition {} does not start at its watermark {watermark}",
-                    batch.start, batch.next, batch.partition
-                ),
-            ));
-        }
+        super::check_follows(batch, watermark)?;
         if let Some(newest) = batch.deltas.iter().map(|(k, _)| k.minute).max() {
             self.inner.newest_minute.fetch_max(newest, Ordering::AcqRel);
         }

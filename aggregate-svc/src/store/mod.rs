@@ -1,6 +1,7 @@
 //! Where cells live: the [`AggregateStore`] trait and its embedded
 //! implementation.
 
+mod aerospike;
 mod embedded;
 
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::future::Future;
 use allezon_core::Result;
 use allezon_core::cells::{CellKey, Totals};
 
+pub use aerospike::{AerospikeAggregateStore, CELL_TTL};
 pub use embedded::EmbeddedAggregateStore;
 
 /// Cells older than this many minutes behind the newest event are dropped.
@@ -67,4 +69,29 @@ pub trait AggregateStore: Send + Sync + 'static {
         from_minute: i64,
         to_minute: i64,
     ) -> impl Future<Output = Result<Vec<Totals>>> + Send;
+}
+
+/// Whether `batch` may be applied on top of `watermark`: it must not overlap
+/// what was applied. It may start beyond it: a Kafka partition's offsets can
+/// have gaps (control records), and the worker reads on from the watermark,
+/// so whatever lies between does not exist.
+pub(crate) fn check_follows(batch: &DeltaBatch, watermark: u64) -> Result<()> {
+    if batch.start < watermark {
+        return Err(allezon_core::Error::new(
+            allezon_core::ErrorKind::Conflict,
+            format!(
+                "batch [{}, {}) of partition {} overlaps its watermark {watermark}",
+                batch.start, batch.next, batch.partition
+            ),
+        ));
+    }
+    if batch.start > watermark && watermark != 0 {
+        tracing::debug!(
+            partition = batch.partition,
+            watermark,
+            start = batch.start,
+            "batch starts beyond the watermark (offset gap)"
+        );
+    }
+    Ok(())
 }
