@@ -1,11 +1,13 @@
 //! The worker is killed again and again in the middle of its batches; after
 //! each restart it must neither lose nor double-count a tag.
 
+#![allow(clippy::unwrap_used)] // helpers of the tests fail the test by panicking
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use aggregate_svc::EmbeddedAggregateStore;
 use aggregate_svc::store::{AggregateStore, CellFilter};
+use aggregate_svc::{AerospikeAggregateStore, EmbeddedAggregateStore};
 use allezon_core::Action;
 use allezon_core::cells::Totals;
 use allezon_core::shutdown::Shutdown;
@@ -47,9 +49,26 @@ fn tag(n: i64) -> pb::UserTag {
 async fn killing_the_worker_mid_batch_neither_loses_nor_double_counts() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let log = EmbeddedLog::open(&store, 2).unwrap();
     let aggregates = EmbeddedAggregateStore::open(&store).unwrap();
-    let ids = EmbeddedIdStore::open(&store).unwrap();
+    kill_and_compare(&store, aggregates).await;
+}
+
+/// The same with cells in Aerospike, where a batch is not one atomic write:
+/// kills land between the records of a batch, and the restarted worker must
+/// re-cut the unfinished batch exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_mid_batch_on_aerospike_cells() {
+    let Some(cluster) = allezon_aerospike::test_cluster("kill").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    kill_and_compare(&store, AerospikeAggregateStore::new(cluster)).await;
+}
+
+async fn kill_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S) {
+    let log = EmbeddedLog::open(store, 2).unwrap();
+    let ids = EmbeddedIdStore::open(store).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
