@@ -43,13 +43,15 @@ impl Cluster {
         let client = Client::new(&ClientPolicy::default(), &hosts.to_owned())
             .await
             .map_err(|err| Error::unavailable(format!("aerospike at {hosts}: {err}")))?;
-        let mut base = BasePolicy::default();
-        base.socket_timeout = millis(args.aerospike_socket_timeout_ms);
-        base.total_timeout = millis(args.aerospike_total_timeout_ms);
-        base.replica = match args.aerospike_replica {
-            AerospikeReplica::Master => Replica::Master,
-            AerospikeReplica::Sequence => Replica::MasterProles,
-            AerospikeReplica::Any => Replica::Random,
+        let base = BasePolicy {
+            socket_timeout: millis(args.aerospike_socket_timeout_ms),
+            total_timeout: millis(args.aerospike_total_timeout_ms),
+            replica: match args.aerospike_replica {
+                AerospikeReplica::Master => Replica::Master,
+                AerospikeReplica::Sequence => Replica::MasterProles,
+                AerospikeReplica::Any => Replica::Random,
+            },
+            ..BasePolicy::default()
         };
         let commit_level = match args.aerospike_commit_level {
             AerospikeCommitLevel::All => CommitLevel::CommitAll,
@@ -85,7 +87,6 @@ impl Cluster {
     pub fn read_policy(&self) -> ReadPolicy {
         ReadPolicy {
             base_policy: self.base.clone(),
-            ..ReadPolicy::default()
         }
     }
 
@@ -136,17 +137,14 @@ pub fn to_error(err: aerospike::Error) -> Error {
         | ErrorKind::NoMoreConnections
         | ErrorKind::MaxErrorRate
         | ErrorKind::InvalidNode => Error::unavailable(format!("aerospike: {err}")),
-        ErrorKind::Server { rc, .. }
-            if matches!(
-                rc,
+        ErrorKind::Server {
+            rc:
                 ResultCode::KeyBusy
-                    | ResultCode::Timeout
-                    | ResultCode::DeviceOverload
-                    | ResultCode::PartitionUnavailable
-            ) =>
-        {
-            Error::unavailable(format!("aerospike: {err}"))
-        }
+                | ResultCode::Timeout
+                | ResultCode::DeviceOverload
+                | ResultCode::PartitionUnavailable,
+            ..
+        } => Error::unavailable(format!("aerospike: {err}")),
         _ => Error::internal(format!("aerospike: {err}")),
     }
 }

@@ -12,6 +12,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allezon_core::admin::{self, Readiness};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::aggregate_service_server::AggregateServiceServer;
 use allezon_storage::Store;
@@ -53,16 +54,26 @@ pub async fn run_retention(store: EmbeddedAggregateStore, shutdown: Shutdown) {
 }
 
 /// Flags and environment of the standalone binary.
-pub type Config = allezon_core::config::ServiceArgs;
+pub type Config = allezon_core::config::StoreServiceArgs;
 
-/// Runs aggregate-svc alone until `shutdown`.
+/// Runs aggregate-svc alone until `shutdown`: on Aerospike when hosts are
+/// configured, else on the embedded store in its data directory.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.grpc.grpc_addr).await?;
-    let store =
-        EmbeddedAggregateStore::open(&Store::open(&config.data.data_dir.join("aggregates"))?)?;
-    tokio::spawn(run_retention(store.clone(), shutdown.clone()));
+    let readiness = Readiness::default();
+    admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
+    let routes = if config.aerospike.aerospike_hosts.is_some() {
+        let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
+        // Expiry is the cells' TTL: nothing to sweep.
+        Routes::new(service(Arc::new(AerospikeAggregateStore::new(cluster))))
+    } else {
+        let dir = config.service.data.data_dir.join("aggregates");
+        let store = EmbeddedAggregateStore::open(&Store::open(&dir)?)?;
+        tokio::spawn(run_retention(store.clone(), shutdown.clone()));
+        Routes::new(service(Arc::new(store)))
+    };
     tracing::info!(addr = %listener.local_addr()?, "aggregate-svc listening");
-    let routes = Routes::new(service(Arc::new(store)));
+    readiness.set(true);
     allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
     Ok(())
 }

@@ -47,9 +47,30 @@ pub struct KafkaConfig {
     /// clients wait 200 ms, but a refused tag must be a real failure, not a
     /// slow broker, so this is generous.
     pub produce_timeout: Duration,
+    /// How long the group waits for a silent member before giving its
+    /// partitions to others.
+    pub session_timeout: Duration,
+    /// Static group membership (`group.instance.id`): a worker restarted
+    /// with the same id takes its partitions back at once instead of
+    /// waiting out the dead member's session. Must be unique per live
+    /// worker, e.g. a StatefulSet pod name.
+    pub instance_id: Option<String>,
 }
 
 impl KafkaConfig {
+    /// Settings for `topic` on `brokers`; the topic is not created.
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 0,
+            replication: 1,
+            produce_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(45),
+            instance_id: None,
+        }
+    }
+
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -200,14 +221,21 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
         let assignment = Arc::new(Assignment::default());
-        let consumer: StreamConsumer<GroupContext> = config
-            .client()
+        let mut client = config.client();
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<GroupContext> = client
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             // The worker decides where each partition starts; the log's
             // position is only a fallback for partitions never applied.
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
             .create_with_context(GroupContext {
                 assignment: Arc::clone(&assignment),
             })?;

@@ -26,11 +26,8 @@ fn brokers() -> Option<String> {
 
 fn config(brokers: String, topic: &str, partitions: u32) -> KafkaConfig {
     KafkaConfig {
-        brokers,
-        topic: topic.to_owned(),
         partitions,
-        replication: 1,
-        produce_timeout: Duration::from_secs(10),
+        ..KafkaConfig::new(brokers, topic)
     }
 }
 

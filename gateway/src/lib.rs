@@ -142,10 +142,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 /// unless this process should create the topic.
 pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
     Some(KafkaConfig {
-        brokers: args.kafka_brokers.clone()?,
-        topic: args.kafka_topic.clone(),
         partitions: args.kafka_create_partitions.unwrap_or(0),
         replication: args.kafka_replication,
-        produce_timeout: std::time::Duration::from_secs(10),
+        ..KafkaConfig::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
     })
 }

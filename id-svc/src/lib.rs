@@ -7,6 +7,7 @@
 pub mod grpc;
 pub mod store;
 
+use allezon_core::admin::{self, Readiness};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::id_service_server::IdServiceServer;
 use allezon_storage::Store;
@@ -26,19 +27,24 @@ pub fn service<S: IdStore>(store: S) -> IdServiceServer<IdGrpc<S>> {
 }
 
 /// Flags and environment of the standalone binary.
-pub type Config = allezon_core::config::ServiceArgs;
+pub type Config = allezon_core::config::StoreServiceArgs;
 
-/// Runs id-svc alone until `shutdown`.
+/// Runs id-svc alone until `shutdown`: on Aerospike when hosts are
+/// configured, else on the embedded store in its data directory (ids are few
+/// and small, so one id-svc on a persistent volume serves a cluster too).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.grpc.grpc_addr).await?;
-    let store = EmbeddedIdStore::open(&Store::open(&config.data.data_dir.join("ids"))?)?;
+    let readiness = Readiness::default();
+    admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
+    let routes = if config.aerospike.aerospike_hosts.is_some() {
+        let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
+        Routes::new(service(AerospikeIdStore::new(cluster)))
+    } else {
+        let dir = config.service.data.data_dir.join("ids");
+        Routes::new(service(EmbeddedIdStore::open(&Store::open(&dir)?)?))
+    };
     tracing::info!(addr = %listener.local_addr()?, "id-svc listening");
-    allezon_core::grpc::serve(
-        listener,
-        Routes::new(service(store)),
-        &[SERVICE_NAME],
-        shutdown,
-    )
-    .await?;
+    readiness.set(true);
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
     Ok(())
 }

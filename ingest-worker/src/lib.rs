@@ -27,6 +27,19 @@ pub struct Config {
     /// Consumer group; workers in one group share the partitions.
     #[arg(long, env = "ALLEZON_KAFKA_GROUP", default_value = GROUP)]
     pub kafka_group: String,
+    /// Static membership id (`group.instance.id`), unique per live worker
+    /// and stable across its restarts (a StatefulSet pod name): a restarted
+    /// worker takes its partitions back at once. Without it, a killed
+    /// worker's partitions move after `--kafka-session-timeout-ms`.
+    #[arg(long, env = "ALLEZON_KAFKA_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
+    /// How long the group waits for a silent worker.
+    #[arg(
+        long,
+        env = "ALLEZON_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 45_000
+    )]
+    pub kafka_session_timeout_ms: u64,
     /// gRPC endpoint of aggregate-svc.
     #[arg(
         long,
@@ -50,11 +63,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         );
     };
     let kafka = KafkaConfig {
-        brokers,
-        topic: config.kafka.kafka_topic.clone(),
         partitions: config.kafka.kafka_create_partitions.unwrap_or(0),
         replication: config.kafka.kafka_replication,
-        produce_timeout: std::time::Duration::from_secs(10),
+        session_timeout: std::time::Duration::from_millis(config.kafka_session_timeout_ms),
+        instance_id: config.kafka_instance_id.clone(),
+        ..KafkaConfig::new(brokers, config.kafka.kafka_topic.clone())
     };
     if kafka.partitions > 0 {
         kafka.ensure_topic().await?;

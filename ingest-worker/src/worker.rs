@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use allezon_core::admin;
 use allezon_core::cells::{Fold, FoldInput};
 use allezon_core::client::channel;
 use allezon_core::shutdown::Shutdown;
@@ -255,13 +256,19 @@ impl<C: LogConsumer> Worker<C> {
             deltas,
         };
         match self.aggregates.apply_deltas(request).await {
-            Ok(_) => {}
+            Ok(_) => {
+                metrics().batches.inc();
+                metrics()
+                    .records
+                    .add(i64::try_from(records.len()).unwrap_or(i64::MAX));
+            }
             Err(status)
                 if allezon_core::Error::from_status(&status).kind() == ErrorKind::Conflict =>
             {
                 // Someone else moved this partition on (a replaced worker, or
                 // a rebalance): re-read where it stands and continue there.
                 tracing::warn!(partition, %status, "batch does not follow the watermark; repositioning");
+                metrics().conflicts.inc();
                 self.positioned = None;
                 return Ok(());
             }
@@ -345,4 +352,28 @@ fn transient(status: &tonic::Status) -> bool {
         allezon_core::Error::from_status(status).kind(),
         ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Internal
     )
+}
+
+struct Metrics {
+    batches: admin::Value,
+    records: admin::Value,
+    conflicts: admin::Value,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| Metrics {
+        batches: admin::counter(
+            "allezon_worker_batches_total",
+            "Batches applied to aggregate-svc (replays included) and committed.",
+        ),
+        records: admin::counter(
+            "allezon_worker_records_total",
+            "Log records folded in applied batches.",
+        ),
+        conflicts: admin::counter(
+            "allezon_worker_conflicts_total",
+            "Batches refused because the partition moved on (rebalance or restart).",
+        ),
+    });
+    &METRICS
 }

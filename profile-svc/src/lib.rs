@@ -10,6 +10,7 @@ pub mod store;
 
 use std::path::PathBuf;
 
+use allezon_core::admin::{self, Readiness};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::profile_service_server::ProfileServiceServer;
 use allezon_storage::Store;
@@ -18,7 +19,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 pub use grpc::ProfileGrpc;
-pub use store::{EmbeddedProfileStore, ProfileStore};
+pub use store::{AerospikeProfileStore, EmbeddedProfileStore, ProfileStore};
 
 /// The gRPC service name, as health checks and reflection list it.
 pub const SERVICE_NAME: &str =
@@ -32,20 +33,24 @@ pub fn service<S: ProfileStore>(store: S) -> ProfileServiceServer<ProfileGrpc<S>
 }
 
 /// Flags and environment of the standalone binary.
-pub type Config = allezon_core::config::ServiceArgs;
+pub type Config = allezon_core::config::StoreServiceArgs;
 
-/// Runs profile-svc alone until `shutdown`.
+/// Runs profile-svc alone until `shutdown`: on Aerospike when hosts are
+/// configured, else on the embedded store in its data directory.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.grpc.grpc_addr).await?;
-    let store = EmbeddedProfileStore::open(&Store::open(&profiles_dir(&config.data.data_dir))?)?;
+    let readiness = Readiness::default();
+    admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
+    let routes = if config.aerospike.aerospike_hosts.is_some() {
+        let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
+        Routes::new(service(AerospikeProfileStore::new(cluster)))
+    } else {
+        let dir = profiles_dir(&config.service.data.data_dir);
+        Routes::new(service(EmbeddedProfileStore::open(&Store::open(&dir)?)?))
+    };
     tracing::info!(addr = %listener.local_addr()?, "profile-svc listening");
-    allezon_core::grpc::serve(
-        listener,
-        Routes::new(service(store)),
-        &[SERVICE_NAME],
-        shutdown,
-    )
-    .await?;
+    readiness.set(true);
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
     Ok(())
 }
 

@@ -55,7 +55,7 @@ async fn answers_like_the_embedded_store_on_out_of_order_tags() {
             8 => cookies[1],
             _ => cookies[2],
         };
-        let action = if next(&mut rng) % 4 == 0 {
+        let action = if next(&mut rng).is_multiple_of(4) {
             Action::Buy
         } else {
             Action::View

@@ -566,7 +566,7 @@ mod tests {
             let end = start + 1 + next(&mut rng) % 50;
             let deltas = (0..1 + next(&mut rng) % 40)
                 .map(|_| {
-                    let action = if next(&mut rng) % 3 == 0 {
+                    let action = if next(&mut rng).is_multiple_of(3) {
                         Action::Buy
                     } else {
                         Action::View

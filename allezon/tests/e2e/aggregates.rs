@@ -8,22 +8,23 @@ use serde_json::{Value, json};
 use crate::support::{Server, client, eventually, post_tag, tag};
 
 /// Query-string minute: `2022-03-01T00:MM:00`.
-fn minute(m: i64) -> String {
+pub fn minute(m: i64) -> String {
     format!("2022-03-01T{:02}:{:02}:00", m / 60, m % 60)
 }
 
-struct Query<'a> {
-    action: &'a str,
-    from: i64,
-    to: i64,
-    aggregates: &'a [&'a str],
-    origin: Option<&'a str>,
-    brand: Option<&'a str>,
-    category: Option<&'a str>,
+#[derive(Clone, Copy)]
+pub struct Query<'a> {
+    pub action: &'a str,
+    pub from: i64,
+    pub to: i64,
+    pub aggregates: &'a [&'a str],
+    pub origin: Option<&'a str>,
+    pub brand: Option<&'a str>,
+    pub category: Option<&'a str>,
 }
 
 impl Query<'_> {
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         let mut url = format!(
             "/aggregates?time_range={}_{}&action={}",
             minute(self.from),
@@ -46,7 +47,7 @@ impl Query<'_> {
     }
 
     /// The SQL of the contract, evaluated over `tags` by brute force.
-    fn expected(&self, tags: &[(i64, Value)]) -> Value {
+    pub fn expected(&self, tags: &[(i64, Value)]) -> Value {
         let mut columns = vec!["1m_bucket", "action"];
         let filters: Vec<(&str, &str, Vec<&str>)> = [
             ("origin", self.origin, vec!["origin"]),
@@ -101,7 +102,7 @@ impl Query<'_> {
     }
 }
 
-async fn query(client: &reqwest::Client, server: &Server, q: &Query<'_>) -> Value {
+pub async fn query(client: &reqwest::Client, server: &Server, q: &Query<'_>) -> Value {
     let response = client.post(server.url(&q.url())).send().await.unwrap();
     assert_eq!(response.status(), 200, "{}", q.url());
     response.json().await.unwrap()

@@ -9,6 +9,7 @@
 mod aggregates;
 mod bad_input;
 mod durability;
+mod multiprocess;
 mod profiles;
 mod replay;
 mod support;

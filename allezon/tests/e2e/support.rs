@@ -49,6 +49,11 @@ impl Server {
         }
     }
 
+    /// A process started elsewhere that serves the REST API at `base`.
+    pub fn attach(child: Child, base: String) -> Server {
+        Server { child, base }
+    }
+
     /// `kill -9`: no shutdown hook runs, nothing is flushed.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL");

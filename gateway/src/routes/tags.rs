@@ -1,6 +1,9 @@
 //! `POST /user_tags`: validate, store durably in the profile store and the
 //! event log, then answer 204.
 
+use std::sync::LazyLock;
+
+use allezon_core::admin;
 use allezon_core::client::retry;
 use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
@@ -12,6 +15,19 @@ use prost::Message;
 
 use crate::backends::Backends;
 use crate::error::{ApiError, body_error};
+
+static ACCEPTED: LazyLock<admin::Value> = LazyLock::new(|| {
+    admin::counter(
+        "allezon_tags_total{result=\"accepted\"}",
+        "Tags answered 204 (durable in profiles and the event log), or not stored because a backend failed.",
+    )
+});
+static FAILED: LazyLock<admin::Value> = LazyLock::new(|| {
+    admin::counter(
+        "allezon_tags_total{result=\"failed\"}",
+        "Tags answered 204 (durable in profiles and the event log), or not stored because a backend failed.",
+    )
+});
 
 pub async fn post_user_tag(
     State(backends): State<Backends>,
@@ -52,8 +68,14 @@ pub async fn post_user_tag(
     let (profile, log) = writes
         .await
         .map_err(|err| Error::internal(format!("tag write task failed: {err}")))?;
-    profile?;
-    log?;
+    if let Err(err) = profile
+        .map_err(ApiError::from)
+        .and(log.map_err(ApiError::from))
+    {
+        FAILED.inc();
+        return Err(err);
+    }
+    ACCEPTED.inc();
     Ok(StatusCode::NO_CONTENT)
 }
 
