@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Multi-process Allezon on this machine: id-svc, profile-svc, aggregate-svc,
+# ingest workers and the gateway as separate release binaries, talking over
+# gRPC and a Kafka topic. Stores are Aerospike when AEROSPIKE_HOSTS is set,
+# else each service's embedded store under $RUN/data.
+#
+#   KAFKA=127.0.0.1:9092 ./scripts/cluster.sh start    # starts everything, returns
+#   ./scripts/cluster.sh kill-worker 1                  # SIGKILL worker 1
+#   ./scripts/cluster.sh start-worker 1                 # (re)start worker 1
+#   ./scripts/cluster.sh stop                           # SIGTERM everything
+#
+# Environment: KAFKA (bootstrap servers, required), AEROSPIKE_HOSTS
+# (optional), AEROSPIKE_NAMESPACE (default test), TOPIC (default user-tags),
+# PARTITIONS (default 4), WORKERS (default 2), HTTP_PORT (default 8080),
+# RUN (state directory, default ./run/cluster). Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN="${RUN:-./run/cluster}"
+TOPIC="${TOPIC:-user-tags}"
+PARTITIONS="${PARTITIONS:-4}"
+WORKERS="${WORKERS:-2}"
+HTTP_PORT="${HTTP_PORT:-8080}"
+PROFILE_PORT=50061 AGGREGATE_PORT=50062 ID_PORT=50063
+BIN=./target/release
+mkdir -p "$RUN/logs"
+
+common=(--aerospike-namespace "${AEROSPIKE_NAMESPACE:-test}")
+[ -n "${AEROSPIKE_HOSTS:-}" ] && common+=(--aerospike-hosts "$AEROSPIKE_HOSTS")
+
+launch() { # name, binary, args…
+  local name=$1 bin=$2; shift 2
+  RUST_LOG="${RUST_LOG:-info}" "$BIN/$bin" "$@" >>"$RUN/logs/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+}
+
+wait_port() {
+  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on $1; see $RUN/logs" >&2; return 1
+}
+
+worker() { # index
+  launch "worker-$1" ingest-worker --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" \
+    --kafka-create-partitions "$PARTITIONS" --kafka-instance-id "worker-$1" \
+    --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
+    --admin-addr "127.0.0.1:$((9100 + $1))"
+}
+
+case "${1:-}" in
+  start)
+    : "${KAFKA:?set KAFKA to the bootstrap servers}"
+    cargo build --release --locked -p gateway -p profile-svc -p aggregate-svc -p id-svc \
+      -p ingest-worker >&2
+    launch id-svc id-svc --grpc-addr "127.0.0.1:$ID_PORT" --data-dir "$RUN/data" "${common[@]}"
+    launch profile-svc profile-svc --grpc-addr "127.0.0.1:$PROFILE_PORT" \
+      --data-dir "$RUN/data" "${common[@]}"
+    launch aggregate-svc aggregate-svc --grpc-addr "127.0.0.1:$AGGREGATE_PORT" \
+      --data-dir "$RUN/data" "${common[@]}"
+    for i in $(seq 1 "$WORKERS"); do worker "$i"; done
+    launch gateway gateway --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:9100 \
+      --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" --kafka-create-partitions "$PARTITIONS" \
+      --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
+      --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
+      --data-dir "$RUN/data"
+    for port in $ID_PORT $PROFILE_PORT $AGGREGATE_PORT "$HTTP_PORT"; do wait_port "$port"; done
+    echo "allezon cluster: http://127.0.0.1:$HTTP_PORT, logs in $RUN/logs" >&2
+    ;;
+  kill-worker) kill -9 "$(cat "$RUN/worker-$2.pid")" ;;
+  start-worker) : "${KAFKA:?set KAFKA}"; worker "$2" ;;
+  stop)
+    for pid in "$RUN"/*.pid; do kill "$(cat "$pid")" 2>/dev/null || true; rm -f "$pid"; done
+    ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+esac
