@@ -211,10 +211,10 @@ impl<C: LogConsumer> Worker<C> {
         for ((partition, watermark), pending) in
             partitions.into_iter().zip(marks.next_offsets).zip(pending)
         {
-            // 0 means nothing applied yet: keep the log's committed position.
-            if watermark > 0 {
-                self.consumer.seek(partition, watermark)?;
-            }
+            // The store is the truth, not the log's commit: 0 (nothing
+            // applied yet) starts the partition from the beginning of what
+            // the log retains. Records polled before this point were void.
+            self.consumer.seek(partition, watermark)?;
             if pending > watermark {
                 self.cuts.insert(partition, pending);
             }
