@@ -62,6 +62,9 @@ pub struct KafkaArgs {
     /// Replication factor of a topic this process creates.
     #[arg(long, env = "ALLEZON_KAFKA_REPLICATION", default_value_t = 1)]
     pub kafka_replication: u16,
+    /// How long the producer lingers to batch tags into one request.
+    #[arg(long, env = "ALLEZON_KAFKA_LINGER_MS", default_value_t = 20)]
+    pub kafka_linger_ms: u64,
 }
 
 /// Which replica serves reads.

@@ -111,7 +111,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             if kafka.partitions > 0 {
                 kafka.ensure_topic().await?;
             }
-            Arc::new(KafkaLog::new(&kafka)?)
+            let log = KafkaLog::new(&kafka)?;
+            if let Err(err) = log.warm_up().await {
+                // Not fatal: the producer connects on first use as well.
+                tracing::warn!(%err, "kafka not reachable yet");
+            }
+            Arc::new(log)
         }
         None => {
             let store = Store::open(&config.data.data_dir.join("gateway"))?;
@@ -144,6 +149,7 @@ pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
     Some(KafkaConfig {
         partitions: args.kafka_create_partitions.unwrap_or(0),
         replication: args.kafka_replication,
+        linger: std::time::Duration::from_millis(args.kafka_linger_ms),
         ..KafkaConfig::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
     })
 }
