@@ -8,6 +8,7 @@
 #   DURATION=60s ./scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 DURATION="${DURATION:-20s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 PORT="${PORT:-18080}"
@@ -25,24 +26,14 @@ PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do curl -s -o /dev/null "$BASE/" && break; sleep 0.1; done
 
-count_all() {
-  local total=0
-  for action in VIEW BUY; do
-    local n
-    n=$(curl -s -X POST "$BASE/aggregates?time_range=2022-03-01T00:00:00_2022-03-02T00:00:00&action=$action&aggregates=COUNT" \
-      | python3 -c 'import json,sys; print(sum(int(r[2]) for r in json.load(sys.stdin)["rows"]))')
-    total=$((total + n))
-  done
-  echo "$total"
-}
 
 echo "== POST /user_tags, as fast as $CONNECTIONS connections go ($DURATION)"
 wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s scripts/load/user_tags.lua "$BASE" \
   | tee /tmp/allezon-bench-wrk.txt | grep -E "Latency|50%|90%|99%|requests in|Requests/sec"
 sent=$(awk '/requests in/ {print $1}' /tmp/allezon-bench-wrk.txt)
-echo "counted in aggregates right after the run: $(count_all) of $sent"
+echo "counted in aggregates right after the run: $(count_all "$BASE") of $sent"
 sleep 2
-echo "counted 2 s later: $(count_all) of $sent"
+echo "counted 2 s later: $(count_all "$BASE") of $sent"
 
 # One tag sent over and over: the profile store keeps it once, the log and
 # the aggregates take every copy (the client retried, as far as we know).

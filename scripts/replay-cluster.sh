@@ -9,6 +9,7 @@
 #   TAGS=300000 RATE=2000 KILL_AFTER=60 ./scripts/replay-cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 TAGS="${TAGS:-300000}" RATE="${RATE:-2000}" KILL_AFTER="${KILL_AFTER:-60}"
 NAME="${NAME:-cluster-$RATE}"
@@ -16,17 +17,14 @@ OUT=docs/bench
 mkdir -p "$OUT"
 export RUN
 RUN=$(mktemp -d)
-KAFKA_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+KAFKA_PORT=$(free_port)
 export KAFKA="127.0.0.1:$KAFKA_PORT"
 # A fresh set prefix keeps runs apart in a shared Aerospike namespace.
 export ALLEZON_AEROSPIKE_SET_PREFIX="run$(date +%s)_"
 
-tansu broker --storage-engine memory://tansu/ --listener-url "tcp://$KAFKA" \
-  --advertised-listener-url "tcp://$KAFKA" >"$RUN/tansu.log" 2>&1 &
-TANSU=$!
-cleanup() { ./scripts/cluster.sh stop || true; kill "$TANSU" 2>/dev/null || true; }
+cleanup() { ./scripts/cluster.sh stop || true; kill "${TANSU_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+start_tansu "$KAFKA_PORT" "$RUN/tansu.log"
 
 cargo build --release --locked -p allezon-replay >&2
 RUST_LOG=warn ./scripts/cluster.sh start

@@ -10,6 +10,7 @@
 # installed with cargo when missing (10 to 25 minutes, once per machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -23,10 +24,6 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 TANSU_PID=""
 cleanup() {
   if [ -n "$TANSU_PID" ]; then
@@ -39,20 +36,7 @@ trap cleanup EXIT
 KAFKA_PORT=$(free_port)
 export ALLEZON_TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 log "starting tansu on $ALLEZON_TEST_KAFKA_BROKERS (in-memory storage)"
-TANSU_LOG=$(mktemp)
-tansu broker \
-  --storage-engine "memory://tansu/" \
-  --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  >"$TANSU_LOG" 2>&1 &
-TANSU_PID=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then break; fi
-  if ! kill -0 "$TANSU_PID" 2>/dev/null; then
-    cat "$TANSU_LOG" >&2; echo "tansu exited" >&2; exit 1
-  fi
-  sleep 0.1
-done
+start_tansu "$KAFKA_PORT" "$(mktemp)"
 
 # --- checks and tests ------------------------------------------------------
 log "cargo fmt --check"

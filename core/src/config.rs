@@ -36,6 +36,22 @@ pub fn endpoint_uri(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// Where the ingest path's services answer: what the worker calls, and the
+/// gateway too.
+#[derive(Debug, Clone, Args)]
+pub struct IngestEndpointArgs {
+    /// gRPC endpoint of aggregate-svc.
+    #[arg(
+        long,
+        env = "ALLEZON_AGGREGATE_SVC",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub aggregate_svc: String,
+    /// gRPC endpoint of id-svc.
+    #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
+    pub id_svc: String,
+}
+
 /// The operator's port: liveness, readiness and Prometheus metrics.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {

@@ -377,3 +377,19 @@ impl LogConsumer for KafkaConsumer {
         Ok(())
     }
 }
+
+/// For tests: the broker named by `ALLEZON_TEST_KAFKA_BROKERS` (which
+/// `scripts/test.sh` starts and exports), or `None`, said loudly, when this
+/// run has none. Under CI a missing broker is a failure, not a skip.
+pub fn test_brokers() -> Option<String> {
+    match std::env::var("ALLEZON_TEST_KAFKA_BROKERS") {
+        Ok(brokers) if !brokers.is_empty() => Some(brokers),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("ALLEZON_TEST_KAFKA_BROKERS must be set under CI (scripts/test.sh does it)")
+        }
+        _ => {
+            eprintln!("SKIPPED: ALLEZON_TEST_KAFKA_BROKERS is not set; run scripts/test.sh");
+            None
+        }
+    }
+}

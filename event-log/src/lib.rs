@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
-pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, TRACEPARENT_HEADER};
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, TRACEPARENT_HEADER, test_brokers};
 use thiserror::Error;
 
 #[derive(Debug, Error)]

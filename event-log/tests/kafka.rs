@@ -9,21 +9,6 @@ use std::time::{Duration, Instant};
 
 use event_log::{EventLog, KafkaConfig, KafkaConsumer, KafkaLog, LogConsumer, Record};
 
-/// The broker, or `None` (said loudly) when this run has none. Under CI a
-/// missing broker is a failure, not a skip.
-fn brokers() -> Option<String> {
-    match std::env::var("ALLEZON_TEST_KAFKA_BROKERS") {
-        Ok(brokers) if !brokers.is_empty() => Some(brokers),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("ALLEZON_TEST_KAFKA_BROKERS must be set under CI (scripts/test.sh does it)")
-        }
-        _ => {
-            eprintln!("SKIPPED: ALLEZON_TEST_KAFKA_BROKERS is not set; run scripts/test.sh");
-            None
-        }
-    }
-}
-
 fn config(brokers: String, topic: &str, partitions: u32) -> KafkaConfig {
     KafkaConfig {
         partitions,
@@ -56,7 +41,9 @@ async fn drain(consumer: &mut KafkaConsumer, want: usize, deadline: Duration) ->
 
 #[tokio::test]
 async fn produced_records_come_back_in_key_order_with_their_trace_context() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = event_log::test_brokers() else {
+        return;
+    };
     let config = config(brokers, &unique("log"), 3);
     config.ensure_topic().await.unwrap();
     // Creating it again is not an error.
@@ -103,7 +90,9 @@ async fn produced_records_come_back_in_key_order_with_their_trace_context() {
 
 #[tokio::test]
 async fn commits_and_seeks_position_the_group() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = event_log::test_brokers() else {
+        return;
+    };
     let config = config(brokers, &unique("commit"), 1);
     config.ensure_topic().await.unwrap();
     let log = KafkaLog::new(&config).unwrap();
@@ -136,7 +125,9 @@ async fn commits_and_seeks_position_the_group() {
 
 #[tokio::test]
 async fn two_members_of_a_group_split_the_partitions() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = event_log::test_brokers() else {
+        return;
+    };
     let config = config(brokers, &unique("split"), 4);
     config.ensure_topic().await.unwrap();
     let group = unique("group");

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use allezon_core::admin::{self, Readiness};
-use allezon_core::config::{AdminArgs, DataDirArgs, KafkaArgs};
+use allezon_core::config::{AdminArgs, DataDirArgs, IngestEndpointArgs, KafkaArgs};
 use allezon_core::shutdown::Shutdown;
 use allezon_storage::Store;
 use axum::Router;
@@ -46,16 +46,8 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub profile_svc: String,
-    /// gRPC endpoint of aggregate-svc.
-    #[arg(
-        long,
-        env = "ALLEZON_AGGREGATE_SVC",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    pub aggregate_svc: String,
-    /// gRPC endpoint of id-svc.
-    #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
-    pub id_svc: String,
+    #[command(flatten)]
+    pub ingest: IngestEndpointArgs,
     #[command(flatten)]
     pub data: DataDirArgs,
     #[command(flatten)]
@@ -100,8 +92,8 @@ pub fn embedded_worker(
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let endpoints = Endpoints {
         profile_svc: config.profile_svc,
-        aggregate_svc: config.aggregate_svc,
-        id_svc: config.id_svc,
+        aggregate_svc: config.ingest.aggregate_svc,
+        id_svc: config.ingest.id_svc,
     };
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;

@@ -12,7 +12,7 @@ pub mod worker;
 pub use worker::{Worker, WorkerConfig, WorkerError};
 
 use allezon_core::admin::{self, Readiness};
-use allezon_core::config::{AdminArgs, KafkaArgs};
+use allezon_core::config::{AdminArgs, IngestEndpointArgs, KafkaArgs};
 use allezon_core::shutdown::Shutdown;
 use clap::Args;
 use event_log::{KafkaConfig, KafkaConsumer};
@@ -40,16 +40,8 @@ pub struct Config {
         default_value_t = 45_000
     )]
     pub kafka_session_timeout_ms: u64,
-    /// gRPC endpoint of aggregate-svc.
-    #[arg(
-        long,
-        env = "ALLEZON_AGGREGATE_SVC",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    pub aggregate_svc: String,
-    /// gRPC endpoint of id-svc.
-    #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
-    pub id_svc: String,
+    #[command(flatten)]
+    pub services: IngestEndpointArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -77,8 +69,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
     let worker = Worker::connect(
         consumer,
-        &config.id_svc,
-        &config.aggregate_svc,
+        &config.services.id_svc,
+        &config.services.aggregate_svc,
         WorkerConfig::default(),
     )?;
     tracing::info!(topic = %kafka.topic, group = %config.kafka_group, "ingest worker started");

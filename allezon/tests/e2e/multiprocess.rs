@@ -23,21 +23,6 @@ const BINARIES: [&str; 5] = [
     "ingest-worker",
 ];
 
-/// The broker, or `None` (said loudly) when this run has none. Under CI a
-/// missing broker is a failure, not a skip.
-fn brokers() -> Option<String> {
-    match std::env::var("ALLEZON_TEST_KAFKA_BROKERS") {
-        Ok(brokers) if !brokers.is_empty() => Some(brokers),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("ALLEZON_TEST_KAFKA_BROKERS must be set under CI (scripts/test.sh does it)")
-        }
-        _ => {
-            eprintln!("SKIPPED: ALLEZON_TEST_KAFKA_BROKERS is not set; run scripts/test.sh");
-            None
-        }
-    }
-}
-
 /// The directory holding the five binaries, built on first use: a test
 /// binary of this package does not make cargo build other packages' bins.
 fn bin_dir() -> &'static Path {
@@ -108,7 +93,9 @@ fn s(v: impl ToString) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = event_log::test_brokers() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = |name: &str| s(dir.path().join(name).display());
     let nanos = std::time::SystemTime::now()

@@ -1,0 +1,34 @@
+# Shared by the scripts: sourced, not run.
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_tansu PORT LOGFILE: an in-memory Kafka-protocol broker on loopback.
+# Sets TANSU_PID; returns once the port accepts connections.
+start_tansu() {
+  local port=$1 log=$2
+  tansu broker --storage-engine "memory://tansu/" \
+    --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" >"$log" 2>&1 &
+  TANSU_PID=$!
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$TANSU_PID" 2>/dev/null; then
+      cat "$log" >&2; echo "tansu exited" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  echo "tansu did not listen on $port" >&2; return 1
+}
+
+# count_all BASE: every tag of 2022-03-01 the aggregates have counted.
+count_all() {
+  local total=0 n
+  for action in VIEW BUY; do
+    n=$(curl -s -X POST "$1/aggregates?time_range=2022-03-01T00:00:00_2022-03-02T00:00:00&action=$action&aggregates=COUNT" \
+      | python3 -c 'import json,sys; print(sum(int(r[2]) for r in json.load(sys.stdin)["rows"]))')
+    total=$((total + n))
+  done
+  echo "$total"
+}
