@@ -80,3 +80,38 @@ impl Backends {
         })
     }
 }
+
+impl Backends {
+    /// Opens the pooled connections to every service with cheap, read-only
+    /// calls, so the first tags do not pay for TCP and HTTP/2 set-up. Best
+    /// effort: a service that is not up yet is connected on first use.
+    pub async fn warm_up(&self) {
+        use allezon_proto::v1 as pb;
+        let calls = (0..allezon_core::client::POOL_SIZE * 2).map(|_| {
+            let (mut profiles, mut aggregates, mut ids) = (
+                self.profiles.clone(),
+                self.aggregates.clone(),
+                self.ids.clone(),
+            );
+            async move {
+                let profile = profiles.get_profile(pb::GetProfileRequest {
+                    cookie: "warm-up".into(),
+                    from_ms: 0,
+                    to_ms: 0,
+                    limit: 0,
+                });
+                let marks = aggregates.get_watermarks(pb::GetWatermarksRequest::default());
+                let names = ids.lookup_ids(pb::LookupIdsRequest::default());
+                let (a, b, c) = tokio::join!(profile, marks, names);
+                a.err().or(b.err()).or(c.err())
+            }
+        });
+        if let Some(Some(status)) = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .find(Option::is_some)
+        {
+            tracing::warn!(%status, "a service is not reachable yet");
+        }
+    }
+}

@@ -122,6 +122,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
 
     let backends = Backends::connect_lazy(&endpoints, log)?;
+    backends.warm_up().await;
     let listener = TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     readiness.set(true);
