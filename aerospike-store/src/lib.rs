@@ -68,13 +68,31 @@ impl Cluster {
             AerospikeCommitLevel::Master => CommitLevel::CommitMaster,
         };
         tracing::info!(%hosts, namespace = %args.aerospike_namespace, "connected to aerospike");
-        Ok(Self {
+        let cluster = Self {
             client: Arc::new(client),
             namespace: args.aerospike_namespace.as_str().into(),
             set_prefix: args.aerospike_set_prefix.as_str().into(),
             base,
             commit_level,
-        })
+        };
+        cluster.warm_up().await;
+        Ok(cluster)
+    }
+
+    /// Opens the pool's connections now with concurrent reads of a missing
+    /// record, instead of during the first burst of real commands.
+    async fn warm_up(&self) {
+        let Ok(key) = self.key(&self.set("warm_up"), "none") else {
+            return;
+        };
+        let policy = self.read_policy();
+        let reads = (0..MIN_CONNECTIONS_PER_NODE).map(|_| self.client.exists(&policy, &key));
+        for result in futures::future::join_all(reads).await {
+            if let Err(err) = result {
+                tracing::warn!(%err, "aerospike warm-up read failed");
+                break;
+            }
+        }
     }
 
     pub fn client(&self) -> &Client {
