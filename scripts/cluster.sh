@@ -56,13 +56,16 @@ case "${1:-}" in
       --data-dir "$RUN/data" "${common[@]}"
     launch aggregate-svc aggregate-svc --grpc-addr "127.0.0.1:$AGGREGATE_PORT" \
       --data-dir "$RUN/data" "${common[@]}"
+    # The services bind their port once their store is ready; the gateway
+    # opens its connections to them before it serves.
+    for port in $ID_PORT $PROFILE_PORT $AGGREGATE_PORT; do wait_port "$port"; done
     for i in $(seq 1 "$WORKERS"); do worker "$i"; done
     launch gateway gateway --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:9100 \
       --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" --kafka-create-partitions "$PARTITIONS" \
       --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
       --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
       --data-dir "$RUN/data"
-    for port in $ID_PORT $PROFILE_PORT $AGGREGATE_PORT "$HTTP_PORT"; do wait_port "$port"; done
+    wait_port "$HTTP_PORT"
     echo "allezon cluster: http://127.0.0.1:$HTTP_PORT, logs in $RUN/logs" >&2
     ;;
   kill-worker) kill -9 "$(cat "$RUN/worker-$2.pid")" ;;

@@ -61,7 +61,6 @@ pub type Config = allezon_core::config::StoreServiceArgs;
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
-    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
     let routes = if config.aerospike.aerospike_hosts.is_some() {
         let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
         // Expiry is the cells' TTL: nothing to sweep.
@@ -72,6 +71,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tokio::spawn(run_retention(store.clone(), shutdown.clone()));
         Routes::new(service(Arc::new(store)))
     };
+    // Bound only once the store is ready: an open port means "serving",
+    // for scripts and probes that wait on it.
+    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "aggregate-svc listening");
     readiness.set(true);
     allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
