@@ -30,9 +30,6 @@ pub fn channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    if POOL_SIZE <= 1 {
-        return Ok(endpoint.connect_lazy());
-    }
     let (channel, sender) = Channel::balance_channel::<usize>(POOL_SIZE);
     for i in 0..POOL_SIZE {
         // The receiver lives as long as the channel; a failed send means the

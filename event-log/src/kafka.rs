@@ -86,9 +86,13 @@ impl KafkaConfig {
         config
     }
 
-    /// Creates the topic unless it exists. Brokers that auto-create topics
-    /// would pick their own partition count, so this is explicit.
+    /// Creates the topic unless it exists, when `partitions` asks for it (0:
+    /// leave topics to the operator). Brokers that auto-create topics would
+    /// pick their own partition count, so this is explicit.
     pub async fn ensure_topic(&self) -> Result<(), LogError> {
+        if self.partitions == 0 {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = self.client().create()?;
         let topic = NewTopic::new(
             &self.topic,
@@ -103,8 +107,8 @@ impl KafkaConfig {
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(LogError::Kafka(KafkaError::AdminOp(code)))
-                        .inspect_err(|_| tracing::error!(%topic, %code, "creating topic failed"));
+                    tracing::error!(%topic, %code, "creating topic failed");
+                    return Err(LogError::Kafka(KafkaError::AdminOp(code)));
                 }
             }
         }

@@ -25,7 +25,7 @@ use allezon_core::shutdown::Shutdown;
 use allezon_storage::Store;
 use axum::Router;
 use clap::Args;
-use event_log::{EmbeddedLog, KafkaConfig, KafkaLog};
+use event_log::{EmbeddedLog, KafkaLog};
 use ingest_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
 
@@ -98,11 +98,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let mut worker = None;
-    let log: Arc<dyn TagSink> = match kafka_config(&config.kafka) {
+    let log: Arc<dyn TagSink> = match ingest_worker::kafka_config(&config.kafka) {
         Some(kafka) => {
-            if kafka.partitions > 0 {
-                kafka.ensure_topic().await?;
-            }
+            kafka.ensure_topic().await?;
             let log = KafkaLog::new(&kafka)?;
             if let Err(err) = log.warm_up().await {
                 // Not fatal: the producer connects on first use as well.
@@ -134,15 +132,4 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         task.await??;
     }
     Ok(())
-}
-
-/// The Kafka log's settings, when brokers are configured. `partitions` is 0
-/// unless this process should create the topic.
-pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
-    Some(KafkaConfig {
-        partitions: args.kafka_create_partitions.unwrap_or(0),
-        replication: args.kafka_replication,
-        linger: std::time::Duration::from_millis(args.kafka_linger_ms),
-        ..KafkaConfig::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
-    })
 }

@@ -46,24 +46,32 @@ pub struct Config {
     pub admin: AdminArgs,
 }
 
+/// The Kafka log's settings shared by the gateway and the workers, when
+/// brokers are configured. `partitions` is 0 unless the topic should be
+/// created.
+pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
+    Some(KafkaConfig {
+        partitions: args.kafka_create_partitions.unwrap_or(0),
+        replication: args.kafka_replication,
+        linger: std::time::Duration::from_millis(args.kafka_linger_ms),
+        ..KafkaConfig::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
+    })
+}
+
 /// Runs one worker of the group until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let Some(brokers) = config.kafka.kafka_brokers.clone() else {
+    let Some(base) = kafka_config(&config.kafka) else {
         anyhow::bail!(
             "--kafka-brokers (ALLEZON_KAFKA_BROKERS) is required: with the embedded log \
              the worker runs inside the process that owns the log"
         );
     };
     let kafka = KafkaConfig {
-        partitions: config.kafka.kafka_create_partitions.unwrap_or(0),
-        replication: config.kafka.kafka_replication,
         session_timeout: std::time::Duration::from_millis(config.kafka_session_timeout_ms),
         instance_id: config.kafka_instance_id.clone(),
-        ..KafkaConfig::new(brokers, config.kafka.kafka_topic.clone())
+        ..base
     };
-    if kafka.partitions > 0 {
-        kafka.ensure_topic().await?;
-    }
+    kafka.ensure_topic().await?;
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;

@@ -84,11 +84,37 @@ pub async fn post_user_tag(
 /// well-formed `version-traceid-spanid-flags` value is carried.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
-    let parts: Vec<&str> = value.split('-').collect();
-    let well_formed = parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()));
+    // `version-traceid-spanid-flags`: 2, 32, 16 and 2 hex digits.
+    let mut lens = [2, 32, 16, 2].into_iter();
+    let well_formed = value
+        .split('-')
+        .all(|part| lens.next() == Some(part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit()))
+        && lens.next().is_none();
     well_formed.then(|| value.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", value.parse().unwrap());
+        traceparent(&headers)
+    }
+
+    #[test]
+    fn only_well_formed_trace_context_is_carried() {
+        let good = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+        assert_eq!(with(good), Some(good.to_ascii_lowercase()));
+        assert_eq!(traceparent(&HeaderMap::new()), None);
+        for bad in [
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-ff",
+            "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",
+        ] {
+            assert_eq!(with(bad), None, "{bad}");
+        }
+    }
 }
