@@ -277,18 +277,20 @@ impl<C: LogConsumer> Worker<C> {
         self.consumer.commit(partition, next).await?;
         // No span exporter yet: the trace context of the batch's tags goes
         // into the log line, so a batch can be tied to the requests in it.
-        let traceparents: Vec<&str> = records
-            .iter()
-            .filter_map(|r| r.traceparent.as_deref())
-            .take(8)
-            .collect();
-        tracing::debug!(
-            partition,
-            start,
-            next,
-            ?traceparents,
-            "batch applied and committed"
-        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let traceparents: Vec<&str> = records
+                .iter()
+                .filter_map(|r| r.traceparent.as_deref())
+                .take(8)
+                .collect();
+            tracing::debug!(
+                partition,
+                start,
+                next,
+                ?traceparents,
+                "batch applied and committed"
+            );
+        }
         Ok(())
     }
 
