@@ -57,6 +57,7 @@ use allezon_core::cells::{CellKey, SUM_BITS, Totals};
 use allezon_core::{Action, Error, ErrorKind, Result};
 use futures::{StreamExt, TryStreamExt};
 
+use super::clock::{self, EventClock};
 use super::{AggregateStore, Applied, CellFilter, DeltaBatch, Watermark, check_follows};
 
 const PACKED: &str = "p";
@@ -143,14 +144,23 @@ fn watermark_bin(partition: u32) -> String {
 }
 
 /// A partition's record in set `watermarks`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Mark {
     next: u64,
     pending_start: u64,
     pending_next: u64,
+    /// The partition's event clock as of `next`.
+    clock: EventClock,
     /// 0 when the record does not exist.
     generation: u32,
 }
+
+/// Bin of a partition's event clock in its `watermarks` record.
+const CLOCK_BIN: &str = "clk";
+/// Key, in set `watermarks`, of the store's event clock: the highest
+/// partition clock, bin [`STORE_CLOCK_BIN`].
+const STORE_CLOCK_KEY: &str = "clock";
+const STORE_CLOCK_BIN: &str = "m";
 
 fn int(value: Option<&Value>) -> Result<i64> {
     match value {
@@ -207,6 +217,10 @@ impl AerospikeAggregateStore {
                 next: offset(record.bins.get("next"))?,
                 pending_start: offset(record.bins.get("ps"))?,
                 pending_next: offset(record.bins.get("pn"))?,
+                clock: match record.bins.get(CLOCK_BIN) {
+                    Some(Value::Blob(bytes)) => EventClock::decode(bytes)?,
+                    _ => EventClock::default(),
+                },
                 generation: record.generation,
             }),
             Err(err) if is(&err, ResultCode::KeyNotFoundError) => Ok(Mark::default()),
@@ -215,7 +229,7 @@ impl AerospikeAggregateStore {
     }
 
     /// Records `batch` as started, unless another writer moved the mark.
-    async fn mark_pending(&self, batch: &DeltaBatch, mark: Mark) -> Result<()> {
+    async fn mark_pending(&self, batch: &DeltaBatch, mark: &Mark) -> Result<()> {
         let key = self.mark_key(batch.partition)?;
         let mut write = self.cluster.write_policy();
         write.expiration = Expiration::Never;
@@ -245,8 +259,9 @@ impl AerospikeAggregateStore {
         }
     }
 
-    /// Marks `batch` applied, if it is still the pending one.
-    async fn finish(&self, batch: &DeltaBatch) -> Result<()> {
+    /// Marks `batch` applied, with the partition's clock after it, if it is
+    /// still the pending one.
+    async fn finish(&self, batch: &DeltaBatch, clock: &EventClock) -> Result<()> {
         let key = self.mark_key(batch.partition)?;
         let mut write = self.cluster.write_policy();
         write.expiration = Expiration::Never;
@@ -258,10 +273,59 @@ impl AerospikeAggregateStore {
             operations::put(&Bin::new("next", Value::Int(to_i64(batch.next)?))),
             operations::put(&Bin::new("ps", Value::Int(0))),
             operations::put(&Bin::new("pn", Value::Int(0))),
+            operations::put(&Bin::new(CLOCK_BIN, Value::Blob(clock.encode()))),
         ];
         match self.cluster.client().operate(&write, &key, &ops).await {
             Ok(_) => Ok(()),
             // Another worker re-sending the same batch finished it first.
+            Err(err) if is(&err, ResultCode::FilteredOut) => Ok(()),
+            Err(err) => Err(to_error(err)),
+        }
+    }
+
+    fn store_clock_key(&self) -> Result<aerospike::Key> {
+        self.cluster.key(&self.marks, STORE_CLOCK_KEY)
+    }
+
+    /// The store's event clock: the highest partition clock.
+    async fn store_clock(&self) -> Result<Option<i64>> {
+        match self
+            .cluster
+            .client()
+            .get(
+                &self.cluster.read_policy(),
+                &self.store_clock_key()?,
+                Bins::from([STORE_CLOCK_BIN]),
+            )
+            .await
+        {
+            Ok(record) => Ok(match record.bins.get(STORE_CLOCK_BIN) {
+                Some(Value::Int(minute)) => Some(*minute),
+                _ => None,
+            }),
+            Err(err) if is(&err, ResultCode::KeyNotFoundError) => Ok(None),
+            Err(err) => Err(to_error(err)),
+        }
+    }
+
+    /// Raises the store's clock to `minute` unless it is already there: a
+    /// write filtered on the old value, so concurrent raises keep the
+    /// highest.
+    async fn raise_store_clock(&self, minute: i64) -> Result<()> {
+        let mut write = self.cluster.write_policy();
+        write.expiration = Expiration::Never;
+        write.base_policy.filter_expression = Some(exp::or(vec![
+            exp::not(exp::bin_exists(STORE_CLOCK_BIN)),
+            exp::lt(exp::int_bin(STORE_CLOCK_BIN), exp::int_val(minute)),
+        ]));
+        let bins = [Bin::new(STORE_CLOCK_BIN, Value::Int(minute))];
+        match self
+            .cluster
+            .client()
+            .put(&write, &self.store_clock_key()?, &bins)
+            .await
+        {
+            Ok(()) => Ok(()),
             Err(err) if is(&err, ResultCode::FilteredOut) => Ok(()),
             Err(err) => Err(to_error(err)),
         }
@@ -402,11 +466,18 @@ impl AggregateStore for AerospikeAggregateStore {
             }
         } else {
             check_follows(&batch, mark.next)?;
-            self.mark_pending(&batch, mark).await?;
+            self.mark_pending(&batch, &mark).await?;
         }
 
+        // Cells behind the retention cut-off are not written: queries no
+        // longer read them. A re-sent batch may skip more than the original
+        // did (the clock only moves on), never less.
+        let mut clock = mark.clock;
+        clock.observe_deltas(&batch.deltas);
+        let store_clock = self.store_clock().await?;
+        let cutoff = clock::cutoff(store_clock.max(clock.minute()));
         let mut records: BTreeMap<RecordId, Vec<(i64, Totals)>> = BTreeMap::new();
-        for (key, totals) in &batch.deltas {
+        for (key, totals) in batch.deltas.iter().filter(|(k, _)| k.minute >= cutoff) {
             let (id, minute) = RecordId::of(key);
             records.entry(id).or_default().push((minute, *totals));
         }
@@ -416,7 +487,10 @@ impl AggregateStore for AerospikeAggregateStore {
             .buffer_unordered(CONCURRENCY)
             .try_collect::<()>()
             .await?;
-        self.finish(&batch).await?;
+        self.finish(&batch, &clock).await?;
+        if let Some(minute) = clock.minute().filter(|m| Some(*m) > store_clock) {
+            self.raise_store_clock(minute).await?;
+        }
         Ok(Applied::Applied)
     }
 
@@ -440,7 +514,11 @@ impl AggregateStore for AerospikeAggregateStore {
     ) -> Result<Vec<Totals>> {
         let minutes = usize::try_from(to_minute.saturating_sub(from_minute)).unwrap_or(0);
         let mut totals = vec![Totals::default(); minutes];
-        if minutes == 0 {
+        // Minutes behind the retention cut-off answer zero, as in the
+        // embedded store; the TTL removes their records later.
+        let asked_from = from_minute;
+        let from_minute = from_minute.max(clock::cutoff(self.store_clock().await?));
+        if from_minute >= to_minute {
             return Ok(totals);
         }
         let first_hour = from_minute.div_euclid(MINUTES_PER_RECORD);
@@ -504,7 +582,7 @@ impl AggregateStore for AerospikeAggregateStore {
                 let minute =
                     hour * MINUTES_PER_RECORD + int(Some(key))?.rem_euclid(KEYS_PER_CATEGORY);
                 if (from_minute..to_minute).contains(&minute) {
-                    let slot = &mut totals[(minute - from_minute) as usize];
+                    let slot = &mut totals[(minute - asked_from) as usize];
                     *slot = slot
                         .checked_add(delta)
                         .map_err(|e| Error::internal(e.to_string()))?;
@@ -762,7 +840,7 @@ mod tests {
 
         // A worker dies after marking the batch and applying some records.
         let mark = store.mark(5).await.unwrap();
-        store.mark_pending(&batch, mark).await.unwrap();
+        store.mark_pending(&batch, &mark).await.unwrap();
         let mut records: BTreeMap<RecordId, Vec<(i64, Totals)>> = BTreeMap::new();
         for (cell, totals) in &cells {
             let (id, minute) = RecordId::of(cell);

@@ -2,6 +2,7 @@
 //! implementation.
 
 mod aerospike;
+pub mod clock;
 mod embedded;
 
 use std::future::Future;
@@ -12,7 +13,7 @@ use allezon_core::cells::{CellKey, Totals};
 pub use aerospike::{AerospikeAggregateStore, CELL_TTL};
 pub use embedded::EmbeddedAggregateStore;
 
-/// Cells older than this many minutes behind the newest event are dropped.
+/// Minutes kept behind the event clock (see [`clock`]), its own included.
 pub const RETENTION_MINUTES: i64 = 24 * 60;
 
 /// Increments folded from one contiguous run of one log partition.

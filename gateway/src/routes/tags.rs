@@ -34,7 +34,9 @@ pub async fn post_user_tag(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let tag: pb::UserTag = UserTag::from_json(&body.map_err(body_error)?)?.into();
+    let tag = UserTag::from_json(&body.map_err(body_error)?)?;
+    check_not_future(tag.time_ms, now_ms())?;
+    let tag: pb::UserTag = tag.into();
     let traceparent = traceparent(&headers);
     let event = pb::TagEvent {
         tag: Some(tag.clone()),
@@ -79,6 +81,32 @@ pub async fn post_user_tag(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// How far ahead of this server's clock a tag's `time` may be. Events are
+/// stamped by the shop when they happen, so a tag from the future is a
+/// client bug or an attack; the margin covers clocks that are off by hours.
+/// Nothing bounds the past: replays send event times years old, on purpose.
+pub const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Refuses a tag dated more than [`MAX_AHEAD_MS`] after `now_ms`. Outliers
+/// that pass (in the past, or ahead of the stream but not of the wall clock)
+/// are harmless too: retention follows the bulk of the stream (see
+/// aggregate-svc's event clock).
+fn check_not_future(time_ms: i64, now_ms: i64) -> Result<(), Error> {
+    if time_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+        return Err(Error::invalid(
+            "time",
+            "more than 24 hours ahead of the server's clock",
+        ));
+    }
+    Ok(())
+}
+
 /// The caller's W3C trace context, passed on to the event log so the
 /// worker's processing of the tag joins the caller's trace. Only a
 /// well-formed `version-traceid-spanid-flags` value is carried.
@@ -101,6 +129,17 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", value.parse().unwrap());
         traceparent(&headers)
+    }
+
+    #[test]
+    fn tags_from_the_future_are_refused_and_the_past_is_not() {
+        let now = 1_764_633_600_000; // 2025-12-02
+        assert!(check_not_future(now + MAX_AHEAD_MS, now).is_ok());
+        assert!(check_not_future(1_646_092_800_000, now).is_ok()); // 2022
+        assert!(check_not_future(-62_135_596_800_000, now).is_ok()); // 0001
+        let err = check_not_future(253_402_300_799_999, now).unwrap_err(); // 9999
+        assert!(err.to_string().contains("`time`"), "{err}");
+        assert!(check_not_future(now + MAX_AHEAD_MS + 1, now).is_err());
     }
 
     #[test]
