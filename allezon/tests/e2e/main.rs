@@ -10,6 +10,7 @@ mod aggregates;
 mod bad_input;
 mod durability;
 mod multiprocess;
+mod outliers;
 mod profiles;
 mod replay;
 mod support;
