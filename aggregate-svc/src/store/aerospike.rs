@@ -766,6 +766,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retention_follows_the_stream_not_its_outliers() {
+        let Some(cluster) = test_cluster("aggclock").await else {
+            return;
+        };
+        crate::store::scenarios::retention_follows_the_stream_not_its_outliers(
+            || AerospikeAggregateStore::new(cluster.clone()),
+            // Expiry is the records' TTL; queries mask the cut-off.
+            |_| {},
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn packed_cells_move_to_the_wide_form_before_they_overflow() {
         let Some(cluster) = test_cluster("aggwide").await else {
             return;

@@ -423,7 +423,6 @@ fn storage_error(err: impl Into<StoreError>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RETENTION_MINUTES;
 
     fn key(minute: i64, brand: u32) -> CellKey {
         CellKey {
@@ -536,82 +535,16 @@ mod tests {
         );
     }
 
-    /// `tags` tags in `minute`, as the worker folds them: the unfiltered
-    /// cell and brand 1's.
-    fn tags(minute: i64, tags: u64) -> Vec<(CellKey, Totals)> {
-        let totals = Totals {
-            count: tags,
-            sum: 10 * tags as i64,
-        };
-        vec![(key(minute, 0), totals), (key(minute, 1), totals)]
-    }
-
-    const START: i64 = 27_433_440; // 2022-03-01T00:00
-    const YEAR_9999: i64 = 253_402_300_799_999 / 60_000;
-    const YEAR_0001: i64 = -62_135_596_800_000 / 60_000;
-
     #[tokio::test]
     async fn retention_follows_the_stream_not_its_outliers() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || EmbeddedAggregateStore::open(&Store::open(dir.path()).unwrap()).unwrap();
-        let ten = |n: u64| Totals {
-            count: n,
-            sum: 10 * n as i64,
-        };
-        {
-            let store = open();
-            let mut offset = 0;
-            let mut apply = |deltas: Vec<(CellKey, Totals)>| {
-                offset += 1;
-                store.apply(batch(offset - 1, offset, deltas))
-            };
-            apply(tags(START, 20_000)).await.unwrap();
-            apply(tags(START + 1, 20_000)).await.unwrap();
-            // Outliers alone, then in a burst.
-            apply(tags(YEAR_9999, 1)).await.unwrap();
-            apply(tags(YEAR_0001, 1)).await.unwrap();
-            let mut burst = tags(YEAR_9999, 500);
-            burst.extend(tags(YEAR_0001, 500));
-            burst.extend(tags(START + 5_000_000, 500));
-            apply(burst).await.unwrap();
-            apply(tags(START + 2, 20_000)).await.unwrap();
-            store.drop_expired().unwrap();
-            assert_eq!(
-                store.query(filter(1), START, START + 3).await.unwrap(),
-                [ten(20_000), ten(20_000), ten(20_000)]
-            );
-        }
-        // A restart after the outliers changes nothing.
-        let store = open();
-        store.drop_expired().unwrap();
-        assert_eq!(
-            store.query(filter(1), START, START + 3).await.unwrap(),
-            [ten(20_000), ten(20_000), ten(20_000)]
-        );
-        // 24 hours of event time later, the oldest minutes are gone.
-        store
-            .apply(batch(6, 7, tags(START + RETENTION_MINUTES, 20_000)))
-            .await
-            .unwrap();
-        assert!(store.drop_expired().unwrap() > 0);
-        assert_eq!(
-            store.query(filter(1), START, START + 3).await.unwrap(),
-            [Totals::default(), ten(20_000), ten(20_000)]
-        );
-        // A late tag for a dropped minute is not counted again.
-        store.apply(batch(7, 8, tags(START, 1))).await.unwrap();
-        assert_eq!(
-            store.query(filter(1), START, START + 1).await.unwrap(),
-            [Totals::default()]
-        );
-        let kept = store
-            .query(
-                filter(1),
-                START + RETENTION_MINUTES,
-                START + RETENTION_MINUTES + 1,
-            )
-            .await;
-        assert_eq!(kept.unwrap(), [ten(20_000)]);
+        crate::store::scenarios::retention_follows_the_stream_not_its_outliers(
+            || EmbeddedAggregateStore::open(&Store::open(dir.path()).unwrap()).unwrap(),
+            |store| {
+                store.drop_expired().unwrap();
+            },
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -631,6 +564,8 @@ mod tests {
             }]
         );
     }
+
+    const START: i64 = crate::store::scenarios::START;
 
     /// The cache of recent cells must never answer a zero for a cell the
     /// engine holds, whatever order minutes arrive in around the clock.

@@ -4,6 +4,8 @@
 mod aerospike;
 pub mod clock;
 mod embedded;
+#[cfg(test)]
+pub(crate) mod scenarios;
 
 use std::future::Future;
 
