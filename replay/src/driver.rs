@@ -152,6 +152,19 @@ impl Driver {
         self.state().stats.clone()
     }
 
+    /// Minutes touched by a tag whose fate is unknown.
+    pub fn poisoned_minutes(&self) -> HashSet<u64> {
+        self.state().poisoned_minutes.clone()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
     /// Counts so far, for the progress line.
     pub fn counts(&self) -> [(u64, u64); 3] {
         let state = self.state();

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod driver;
+pub mod every_cell;
 pub mod model;
 pub mod plot;
 pub mod stats;
@@ -76,6 +77,11 @@ pub struct Config {
     /// No progress bar (for logs and CI).
     #[arg(long)]
     pub quiet: bool,
+    /// After the run, compare every minute of every filter combination the
+    /// stream touched with the model (one query per combination and 10
+    /// minutes), not only the sampled queries.
+    #[arg(long)]
+    pub verify_every_cell: bool,
 }
 
 impl Config {
@@ -141,6 +147,23 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     let elapsed = driver.elapsed();
     let stats = driver.stats();
+    let every_cell = if config.verify_every_cell {
+        let settle_by = std::time::Instant::now() + plan_freshness(&config);
+        Some(
+            every_cell::verify(
+                driver.client(),
+                config.target.trim_end_matches('/'),
+                driver.stream(),
+                config.tags,
+                driver.poisoned_minutes(),
+                config.max_in_flight,
+                settle_by,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let endpoints: Vec<_> = Endpoint::ALL
         .iter()
         .zip(&stats)
@@ -152,8 +175,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         tags: config.tags,
         target_rate: config.rate,
         elapsed_s: elapsed.as_secs_f64(),
-        passed: stats.iter().all(|s| !s.failed()),
+        passed: stats.iter().all(|s| !s.failed()) && every_cell.as_ref().is_none_or(|e| e.passed()),
         endpoints,
+        every_cell,
     };
     if let Some(path) = &config.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
@@ -163,6 +187,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         plot::write_svg(path, &pairs)?;
     }
     Ok(report)
+}
+
+fn plan_freshness(config: &Config) -> Duration {
+    Duration::from_secs_f64(config.aggregate_freshness_s)
 }
 
 /// The report as a person reads it at the end of a run.
@@ -200,6 +228,21 @@ pub fn render(report: &Report) -> String {
         ));
         for problem in &e.first_problems {
             out.push_str(&format!("  {}: {}\n", e.endpoint, truncate(problem, 400)));
+        }
+    }
+    if let Some(e) = &report.every_cell {
+        out.push_str(&format!(
+            "every cell: {} combinations, {} queries, {} minute cells compared, {} wrong, {} errors, {} minutes skipped, {:.1} s\n",
+            e.combinations,
+            e.queries,
+            e.cells,
+            e.wrong,
+            e.errors,
+            e.skipped_minutes.len(),
+            e.elapsed_s
+        ));
+        for problem in &e.first_problems {
+            out.push_str(&format!("  every cell: {}\n", truncate(problem, 400)));
         }
     }
     out.push_str(if report.passed {

@@ -160,6 +160,9 @@ pub struct Report {
     pub elapsed_s: f64,
     pub passed: bool,
     pub endpoints: Vec<EndpointReport>,
+    /// The pass over every touched cell, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_cell: Option<crate::every_cell::EveryCellReport>,
 }
 
 #[cfg(test)]
