@@ -778,6 +778,147 @@ mod tests {
         .await;
     }
 
+    /// One partition's tags, as `(minute, action, origin, brand, category,
+    /// price)`, dense like the replay stream: 1,000 a second of event time.
+    fn partition_tags(partition: u32, n: u64) -> Vec<(i64, Action, u32, u32, u32, i32)> {
+        let mut rng = 1 + u64::from(partition) * 7919;
+        (0..n)
+            .map(|i| {
+                let r = next(&mut rng);
+                let action = if r % 5 == 0 {
+                    Action::Buy
+                } else {
+                    Action::View
+                };
+                // Four partitions share the stream's minutes.
+                let minute = BASE_MINUTE + (i * 4 / 60_000) as i64;
+                let price = (r >> 20) % 100_000;
+                (
+                    minute,
+                    action,
+                    1 + (r >> 8) as u32 % 3,
+                    1 + (r >> 12) as u32 % 2,
+                    1 + (r >> 16) as u32 % 2,
+                    price as i32,
+                )
+            })
+            .collect()
+    }
+
+    fn fold(tags: &[(i64, Action, u32, u32, u32, i32)]) -> Vec<(CellKey, Totals)> {
+        let mut fold = allezon_core::cells::Fold::default();
+        for &(minute, action, origin, brand, category, price) in tags {
+            fold.add(allezon_core::cells::FoldInput {
+                time_ms: minute * 60_000,
+                action,
+                origin,
+                brand,
+                category,
+                price,
+            })
+            .unwrap();
+        }
+        fold.into_cells().collect()
+    }
+
+    /// What the worker does, against the store directly: batches of up to
+    /// 10,000 tags, some applies cut off at a random point (a gRPC deadline
+    /// or a killed worker: whatever reached the server still lands), then
+    /// the watermarks are read again and the partition resumes from there,
+    /// re-cutting a pending batch exactly. Four partitions run at once on the
+    /// same records, and each minute's unfiltered cells pass the packed
+    /// bound within seconds.
+    async fn run_partition(store: AerospikeAggregateStore, partition: u32, tags: u64) -> u32 {
+        let all = partition_tags(partition, tags);
+        let mut rng = 99 + u64::from(partition);
+        let mut at = 0u64;
+        let mut cuts = 0;
+        while at < tags {
+            let marks = store.watermarks(&[partition]).await.unwrap()[0];
+            at = marks.next;
+            if at >= tags {
+                break;
+            }
+            let end = if marks.pending_next != 0 {
+                marks.pending_next
+            } else {
+                (at + 1 + next(&mut rng) % 4_000).min(tags)
+            };
+            let batch = DeltaBatch {
+                partition,
+                start: at,
+                next: end,
+                deltas: fold(&all[at as usize..end as usize]),
+            };
+            let cut_after = Duration::from_micros(next(&mut rng) % 8_000);
+            if next(&mut rng) % 3 == 0 {
+                if tokio::time::timeout(cut_after, store.apply(batch))
+                    .await
+                    .is_err()
+                {
+                    cuts += 1;
+                }
+            } else {
+                store.apply(batch).await.unwrap();
+            }
+        }
+        cuts
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_partitions_with_cut_off_applies_count_exactly() {
+        let Some(cluster) = test_cluster("aggstress").await else {
+            return;
+        };
+        let store = AerospikeAggregateStore::new(cluster);
+        const TAGS: u64 = 40_000;
+        let tasks: Vec<_> = (0..4)
+            .map(|p| tokio::spawn(run_partition(store.clone(), p, TAGS)))
+            .collect();
+        let mut cuts = 0;
+        for task in tasks {
+            cuts += task.await.unwrap();
+        }
+        assert!(cuts > 3, "only {cuts} applies were cut off");
+        let mut want: BTreeMap<CellKey, Totals> = BTreeMap::new();
+        for p in 0..4 {
+            for (key, totals) in fold(&partition_tags(p, TAGS)) {
+                let slot = want.entry(key).or_default();
+                *slot = slot.checked_add(totals).unwrap();
+            }
+        }
+        let unfiltered = want
+            .iter()
+            .filter(|(k, _)| (k.origin, k.brand, k.category) == (0, 0, 0))
+            .map(|(_, t)| t.count)
+            .max()
+            .unwrap();
+        assert!(
+            unfiltered > 1 << 15,
+            "the packed bound is passed: {unfiltered}"
+        );
+        let minutes = (TAGS * 4).div_ceil(60_000) as i64;
+        for action in Action::ALL {
+            for (origin, brand, category) in
+                (0..4).flat_map(|o| (0..3).flat_map(move |b| (0..3).map(move |c| (o, b, c))))
+            {
+                let f = filter(action, origin, brand, category);
+                let got = store
+                    .query(f, BASE_MINUTE, BASE_MINUTE + minutes)
+                    .await
+                    .unwrap();
+                let expected: Vec<Totals> = (0..minutes)
+                    .map(|m| {
+                        want.get(&key(BASE_MINUTE + m, action, origin, brand, category))
+                            .copied()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                assert_eq!(got, expected, "{f:?}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn packed_cells_move_to_the_wide_form_before_they_overflow() {
         let Some(cluster) = test_cluster("aggwide").await else {
