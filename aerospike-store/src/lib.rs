@@ -7,8 +7,12 @@
 
 use std::sync::Arc;
 
+use aerospike::operations::{MapOrder, maps};
 use aerospike::policy::{BasePolicy, CommitLevel, Expiration, Replica};
-use aerospike::{Client, ClientPolicy, Key, ReadPolicy, ResultCode, Value, WritePolicy};
+use aerospike::{
+    Client, ClientPolicy, Key, MapPolicy, MapReturnType, MapWriteFlags, ReadPolicy, ResultCode,
+    Value, WritePolicy,
+};
 use allezon_core::Error;
 use allezon_core::config::{AerospikeArgs, AerospikeCommitLevel, AerospikeReplica};
 
@@ -17,6 +21,9 @@ pub use aerospike;
 /// Connections per node kept open: about what a service has in flight at
 /// 2,000 tags/s with millisecond commands, with room for bursts.
 const MIN_CONNECTIONS_PER_NODE: usize = 16;
+/// Records written at once while warming up: more than the pool opens, so
+/// the first burst of real writes finds every connection it needs.
+const WARM_UP_WRITES: i64 = 64;
 
 /// A connected cluster and the policies every store uses.
 #[derive(Clone)]
@@ -79,18 +86,42 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Opens the pool's connections now with concurrent reads of a missing
-    /// record, instead of during the first burst of real commands.
+    /// Opens the pool's connections, and takes the server's write path
+    /// through its first use, now instead of during the first burst of real
+    /// commands: concurrent reads of a missing record, then concurrent
+    /// writes (each a map put and trim, like a profile append) to records of
+    /// a set of their own, which expire within a minute.
     async fn warm_up(&self) {
-        let Ok(key) = self.key(&self.set("warm_up"), "none") else {
-            return;
-        };
-        let policy = self.read_policy();
-        let reads = (0..MIN_CONNECTIONS_PER_NODE).map(|_| self.client.exists(&policy, &key));
+        let set = self.set("warm_up");
+        let policy = &self.read_policy();
+        let reads = (0..MIN_CONNECTIONS_PER_NODE).filter_map(|_| {
+            let key = self.key(&set, "none").ok()?;
+            Some(async move { self.client.exists(policy, &key).await })
+        });
         for result in futures::future::join_all(reads).await {
             if let Err(err) = result {
                 tracing::warn!(%err, "aerospike warm-up read failed");
-                break;
+                return;
+            }
+        }
+        let mut write = self.write_policy();
+        write.expiration = Expiration::Seconds(60);
+        let map = MapPolicy::new(MapOrder::KeyOrdered, MapWriteFlags::DEFAULT);
+        for round in 0..4i64 {
+            let writes = (0..WARM_UP_WRITES).filter_map(|i| {
+                let key = self.key(&set, i).ok()?;
+                let ops = [
+                    maps::put(&map, "w", Value::Int(round), Value::Int(i)),
+                    maps::remove_by_index_range_from("w", -2, MapReturnType::NONE.inverted()),
+                ];
+                let write = &write;
+                Some(async move { self.client.operate(write, &key, &ops).await })
+            });
+            for result in futures::future::join_all(writes).await {
+                if let Err(err) = result {
+                    tracing::warn!(%err, "aerospike warm-up write failed");
+                    return;
+                }
             }
         }
     }

@@ -145,18 +145,53 @@ impl KafkaLog {
 }
 
 impl KafkaLog {
-    /// Fetches the topic's metadata, so the first tags do not pay for the
-    /// connection, the idempotent producer's id and the partition leaders.
-    pub async fn warm_up(&self) -> Result<(), LogError> {
-        let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .map(|_| ())
-        })
-        .await
-        .map_err(|_| LogError::Kafka(KafkaError::Canceled))??;
+    /// Takes the whole produce path through its first use before the
+    /// gateway serves: waits until every partition of the topic has a leader
+    /// (a topic created a moment ago may not), then produces `noop` (a
+    /// record the workers skip) to each partition and waits for the broker's
+    /// acknowledgements. After that the producer has its idempotent id and a
+    /// connection to every leader, and the first tags pay for none of it.
+    pub async fn warm_up(&self, noop: &[u8], within: Duration) -> Result<(), LogError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let partitions = loop {
+            let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
+            let leaders = tokio::task::spawn_blocking(move || {
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+                let topic = metadata.topics().first().filter(|t| t.error().is_none());
+                Ok::<_, KafkaError>(topic.map(|t| {
+                    let ready = t
+                        .partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0);
+                    (ready, t.partitions().len())
+                }))
+            })
+            .await
+            .map_err(|_| LogError::Kafka(KafkaError::Canceled))?;
+            match leaders {
+                Ok(Some((true, n))) if n > 0 => break n,
+                Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(_) => {
+                    return Err(LogError::Kafka(KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::UnknownTopicOrPartition,
+                    )));
+                }
+                Err(err) => return Err(LogError::Kafka(err)),
+            }
+        };
+        let sends = (0..partitions).map(|partition| {
+            let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(i32::try_from(partition).unwrap_or(i32::MAX))
+                .payload(noop);
+            self.producer.send(record, self.timeout)
+        });
+        for delivery in futures::future::join_all(sends).await {
+            delivery.map_err(|(err, _)| LogError::Kafka(err))?;
+        }
         Ok(())
     }
 }
@@ -353,8 +388,11 @@ impl LogConsumer for KafkaConsumer {
             let owned = self.assignment();
             out.retain(|r| owned.contains(&r.partition));
         }
+        // Records of a partition whose seek was still pending when they were
+        // fetched come from the old position, even if the seek lands now.
+        let unpositioned: Vec<u32> = self.pending_seeks.keys().copied().collect();
         self.apply_seeks();
-        out.retain(|r| !self.pending_seeks.contains_key(&r.partition));
+        out.retain(|r| !unpositioned.contains(&r.partition));
         Ok(out)
     }
 

@@ -85,6 +85,11 @@ pub trait LogConsumer: Send {
 }
 
 /// The partition a key maps to: stable, so one cookie's tags stay in order.
+/// A record with no payload: written by the gateway to take the produce path
+/// through its first use, and skipped by every reader. No tag encodes to it
+/// (a tag event always carries its tag).
+pub const NOOP_RECORD: &[u8] = &[];
+
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     let hash = key.iter().fold(0x811c_9dc5u32, |h, &b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)

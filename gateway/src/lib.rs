@@ -18,6 +18,7 @@ mod stack;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use allezon_core::admin::{self, Readiness};
 use allezon_core::config::{AdminArgs, DataDirArgs, IngestEndpointArgs, KafkaArgs};
@@ -102,9 +103,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(kafka) => {
             kafka.ensure_topic().await?;
             let log = KafkaLog::new(&kafka)?;
-            if let Err(err) = log.warm_up().await {
-                // Not fatal: the producer connects on first use as well.
-                tracing::warn!(%err, "kafka not reachable yet");
+            // Not serving until a tag can go all the way through: the HTTP
+            // port opens, and readiness turns true, only after this.
+            while let Err(err) = log
+                .warm_up(event_log::NOOP_RECORD, Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!(%err, "kafka not usable yet; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
             Arc::new(log)
         }

@@ -81,6 +81,11 @@ pub struct Worker<C> {
     /// Records polled beyond a cut, or before it was reached, kept for the
     /// next batch.
     held: BTreeMap<u32, Vec<Record>>,
+    /// Per positioned partition, the offset the next record must reach.
+    /// Anything below it was fetched from a position that is void (before a
+    /// seek took effect, or a re-delivery after one): folding it would count
+    /// records twice, or cut a batch that does not match the store's.
+    expect: BTreeMap<u32, u64>,
 }
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
@@ -102,6 +107,7 @@ impl<C: LogConsumer> Worker<C> {
             positioned: None,
             cuts: BTreeMap::new(),
             held: BTreeMap::new(),
+            expect: BTreeMap::new(),
         }
     }
 
@@ -158,6 +164,17 @@ impl<C: LogConsumer> Worker<C> {
         }
         let mut by_partition = std::mem::take(&mut self.held);
         for record in records {
+            // Only records that continue where this partition stands; a
+            // partition not positioned yet (records fetched across a
+            // rebalance) is read again once it is.
+            let Some(expect) = self.expect.get_mut(&record.partition) else {
+                continue;
+            };
+            if record.offset < *expect {
+                metrics().stale.inc();
+                continue;
+            }
+            *expect = record.offset + 1;
             by_partition
                 .entry(record.partition)
                 .or_default()
@@ -203,6 +220,7 @@ impl<C: LogConsumer> Worker<C> {
         // Records in hand were read from positions that are now void.
         self.held.clear();
         self.cuts.clear();
+        self.expect.clear();
         let pending = marks
             .pending_next_offsets
             .iter()
@@ -215,6 +233,7 @@ impl<C: LogConsumer> Worker<C> {
             // applied yet) starts the partition from the beginning of what
             // the log retains. Records polled before this point were void.
             self.consumer.seek(partition, watermark)?;
+            self.expect.insert(partition, watermark);
             if pending > watermark {
                 self.cuts.insert(partition, pending);
             }
@@ -308,6 +327,9 @@ impl<C: LogConsumer> Worker<C> {
 }
 
 fn decode(record: &Record) -> Option<pb::UserTag> {
+    if record.payload == event_log::NOOP_RECORD {
+        return None;
+    }
     match pb::TagEvent::decode(record.payload.as_slice()) {
         Ok(pb::TagEvent { tag: Some(tag), .. }) => Some(tag),
         Ok(_) | Err(_) => {
@@ -373,6 +395,7 @@ struct Metrics {
     batches: admin::Value,
     records: admin::Value,
     conflicts: admin::Value,
+    stale: admin::Value,
 }
 
 fn metrics() -> &'static Metrics {
@@ -388,6 +411,10 @@ fn metrics() -> &'static Metrics {
         conflicts: admin::counter(
             "allezon_worker_conflicts_total",
             "Batches refused because the partition moved on (rebalance or restart).",
+        ),
+        stale: admin::counter(
+            "allezon_worker_stale_records_total",
+            "Records dropped because they came before the partition's position (fetched before a seek, or delivered again after one).",
         ),
     });
     &METRICS
