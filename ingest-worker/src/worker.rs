@@ -86,7 +86,15 @@ pub struct Worker<C> {
     /// seek took effect, or a re-delivery after one): folding it would count
     /// records twice, or cut a batch that does not match the store's.
     expect: BTreeMap<u32, u64>,
+    /// Partitions positioned but not yet read from, with how many times in a
+    /// row their first record came after the position (see `step`).
+    fresh: BTreeMap<u32, u32>,
 }
+
+/// A partition whose first record after a seek skips ahead this many times
+/// in a row has a real gap (records removed by retention); fewer times, the
+/// records came from the fetcher's old position.
+const GAP_CONFIRMATIONS: u32 = 3;
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -108,6 +116,7 @@ impl<C: LogConsumer> Worker<C> {
             cuts: BTreeMap::new(),
             held: BTreeMap::new(),
             expect: BTreeMap::new(),
+            fresh: BTreeMap::new(),
         }
     }
 
@@ -163,6 +172,7 @@ impl<C: LogConsumer> Worker<C> {
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
         let mut by_partition = std::mem::take(&mut self.held);
+        let mut reposition = false;
         for record in records {
             // Only records that continue where this partition stands; a
             // partition not positioned yet (records fetched across a
@@ -174,11 +184,37 @@ impl<C: LogConsumer> Worker<C> {
                 metrics().stale.inc();
                 continue;
             }
+            if let Some(skips) = self.fresh.get_mut(&record.partition) {
+                // The first record after a seek must be the one sought. One
+                // further on may come from where the fetcher stood before
+                // the seek took effect; folding it would skip everything in
+                // between for good. Seek again, unless the gap persists.
+                if record.offset > *expect && *expect > 0 && *skips + 1 < GAP_CONFIRMATIONS {
+                    *skips += 1;
+                    metrics().stale.inc();
+                    reposition = true;
+                    continue;
+                }
+                if record.offset > *expect {
+                    tracing::warn!(
+                        partition = record.partition,
+                        expected = *expect,
+                        offset = record.offset,
+                        "the log has a gap after the position; reading on"
+                    );
+                }
+                self.fresh.remove(&record.partition);
+            }
             *expect = record.offset + 1;
             by_partition
                 .entry(record.partition)
                 .or_default()
                 .push(record);
+        }
+        if reposition {
+            // Keep the gap counts: `position` only resets the rest.
+            self.positioned = None;
+            return Ok(());
         }
         for (partition, mut records) in by_partition {
             if let Some(&cut) = self.cuts.get(&partition) {
@@ -221,6 +257,7 @@ impl<C: LogConsumer> Worker<C> {
         self.held.clear();
         self.cuts.clear();
         self.expect.clear();
+        self.fresh.retain(|p, _| partitions.contains(p));
         let pending = marks
             .pending_next_offsets
             .iter()
@@ -234,6 +271,7 @@ impl<C: LogConsumer> Worker<C> {
             // the log retains. Records polled before this point were void.
             self.consumer.seek(partition, watermark)?;
             self.expect.insert(partition, watermark);
+            self.fresh.entry(partition).or_insert(0);
             if pending > watermark {
                 self.cuts.insert(partition, pending);
             }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of the tests fail the test by panicking
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use allezon_core::cells::Totals;
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1 as pb;
 use allezon_storage::Store;
-use event_log::{EmbeddedLog, EventLog};
+use event_log::{EmbeddedLog, EventLog, LogConsumer, LogError, Record};
 use id_svc::{EmbeddedIdStore, IdStore};
 use ingest_worker::{Worker, WorkerConfig};
 use prost::Message;
@@ -66,7 +67,79 @@ async fn killing_the_worker_mid_batch_on_aerospike_cells() {
     kill_and_compare(&store, AerospikeAggregateStore::new(cluster)).await;
 }
 
+/// A consumer whose seeks land one poll late, and which hands out a few
+/// records from the old position in that poll, as librdkafka does when a
+/// seek is refused until the partition's fetcher starts. The worker must
+/// neither fold those records nor let them shape a batch.
+struct LateSeeks<C> {
+    inner: C,
+    due: Vec<(u32, u64)>,
+}
+
+impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
+    fn assignment(&self) -> Vec<u32> {
+        self.inner.assignment()
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
+        let mut records = self.inner.poll(max, wait).await?;
+        if !self.due.is_empty() {
+            let mut kept: BTreeMap<u32, usize> = BTreeMap::new();
+            records.retain(|r| {
+                let n = kept.entry(r.partition).or_default();
+                *n += 1;
+                *n <= 3
+            });
+            for (partition, offset) in self.due.drain(..) {
+                self.inner.seek(partition, offset)?;
+            }
+        }
+        Ok(records)
+    }
+
+    fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
+        self.due.push((partition, offset));
+        Ok(())
+    }
+
+    async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
+        self.inner.commit(partition, next_offset).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeks_that_land_late_neither_lose_nor_double_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let aggregates = EmbeddedAggregateStore::open(&store).unwrap();
+    kill_and_compare_with(&store, aggregates, true).await;
+}
+
+/// With Aerospike cells, a killed worker leaves its batch pending; records
+/// from before a late seek, held for the re-cut, once doubled a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeks_that_land_late_on_aerospike_cells() {
+    let Some(cluster) = allezon_aerospike::test_cluster("lateseek").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    kill_and_compare_with(&store, AerospikeAggregateStore::new(cluster), true).await;
+}
+
 async fn kill_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S) {
+    kill_and_compare_with(store, aggregates, false).await;
+}
+
+async fn kill_and_compare_with<S: AggregateStore + Clone>(
+    store: &Store,
+    aggregates: S,
+    late_seeks: bool,
+) {
     let log = EmbeddedLog::open(store, 2).unwrap();
     let ids = EmbeddedIdStore::open(store).unwrap();
 
@@ -104,14 +177,22 @@ async fn kill_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: 
     };
     let mut kills = 0;
     loop {
-        let worker = Worker::new(
-            log.consumer("ingest").unwrap(),
-            pb::id_service_client::IdServiceClient::new(channel.clone()),
-            pb::aggregate_service_client::AggregateServiceClient::new(channel.clone()),
-            config.clone(),
-        );
+        let ids_client = pb::id_service_client::IdServiceClient::new(channel.clone());
+        let aggregates_client =
+            pb::aggregate_service_client::AggregateServiceClient::new(channel.clone());
+        let consumer = log.consumer("ingest").unwrap();
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(worker.run(shutdown.clone()));
+        let task = if late_seeks {
+            let consumer = LateSeeks {
+                inner: consumer,
+                due: Vec::new(),
+            };
+            let worker = Worker::new(consumer, ids_client, aggregates_client, config.clone());
+            tokio::spawn(worker.run(shutdown.clone()))
+        } else {
+            let worker = Worker::new(consumer, ids_client, aggregates_client, config.clone());
+            tokio::spawn(worker.run(shutdown.clone()))
+        };
         // A pseudo-random lifetime of 1 to 40 ms, then a hard abort: the task
         // is dropped at whatever await it is in, like a killed process.
         tokio::time::sleep(Duration::from_millis(1 + (kills * 7919) % 40)).await;
