@@ -16,10 +16,9 @@ fn ordered() -> MapPolicy {
 }
 
 #[tokio::test]
+#[ignore = "needs an Aerospike server: set AEROSPIKE_HOSTS (scripts/test.sh runs it then)"]
 async fn blob_map_keys_order_bytewise_and_trimming_keeps_the_last_n() {
-    let Some(cluster) = test_cluster("behave").await else {
-        return;
-    };
+    let cluster = test_cluster("behave").await;
     let set = cluster.set("maps");
     let key = cluster.key(&set, "ordering").unwrap();
     let write = cluster.write_policy();
@@ -67,10 +66,9 @@ async fn blob_map_keys_order_bytewise_and_trimming_keeps_the_last_n() {
 }
 
 #[tokio::test]
+#[ignore = "needs an Aerospike server: set AEROSPIKE_HOSTS (scripts/test.sh runs it then)"]
 async fn increments_answer_the_new_value_and_filters_refuse_replays() {
-    let Some(cluster) = test_cluster("behave").await else {
-        return;
-    };
+    let cluster = test_cluster("behave").await;
     let key = cluster.key(&cluster.set("counters"), "cell").unwrap();
     let apply = |next: i64| {
         let cluster = cluster.clone();
@@ -120,10 +118,9 @@ async fn increments_answer_the_new_value_and_filters_refuse_replays() {
 }
 
 #[tokio::test]
+#[ignore = "needs an Aerospike server: set AEROSPIKE_HOSTS (scripts/test.sh runs it then)"]
 async fn create_only_writes_fail_on_an_existing_record() {
-    let Some(cluster) = test_cluster("behave").await else {
-        return;
-    };
+    let cluster = test_cluster("behave").await;
     let key = cluster.key(&cluster.set("ids"), "name").unwrap();
     let mut create = cluster.write_policy();
     create.record_exists_action = RecordExistsAction::CreateOnly;

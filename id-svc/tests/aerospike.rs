@@ -8,10 +8,9 @@ use allezon_proto::v1::Dimension;
 use id_svc::store::{AerospikeIdStore, IdStore};
 
 #[tokio::test]
+#[ignore = "needs an Aerospike server: set AEROSPIKE_HOSTS (scripts/test.sh runs it then)"]
 async fn ids_are_stable_per_dimension_and_unknown_names_are_zero() {
-    let Some(cluster) = test_cluster("ids").await else {
-        return;
-    };
+    let cluster = test_cluster("ids").await;
     let store = AerospikeIdStore::new(cluster);
     let names = vec![
         (Dimension::Brand, "a".to_owned()),
@@ -43,10 +42,9 @@ async fn ids_are_stable_per_dimension_and_unknown_names_are_zero() {
 }
 
 #[tokio::test]
+#[ignore = "needs an Aerospike server: set AEROSPIKE_HOSTS (scripts/test.sh runs it then)"]
 async fn concurrent_first_use_yields_one_id() {
-    let Some(cluster) = test_cluster("idrace").await else {
-        return;
-    };
+    let cluster = test_cluster("idrace").await;
     let store = AerospikeIdStore::new(cluster);
     let tasks: Vec<_> = (0..16)
         .map(|i| {
