@@ -783,7 +783,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let r = next(&mut rng);
-                let action = if r % 5 == 0 {
+                let action = if r.is_multiple_of(5) {
                     Action::Buy
                 } else {
                     Action::View
@@ -849,7 +849,7 @@ mod tests {
                 deltas: fold(&all[at as usize..end as usize]),
             };
             let cut_after = Duration::from_micros(next(&mut rng) % 8_000);
-            if next(&mut rng) % 3 == 0 {
+            if next(&mut rng).is_multiple_of(3) {
                 if tokio::time::timeout(cut_after, store.apply(batch))
                     .await
                     .is_err()
