@@ -172,7 +172,8 @@ impl<C: LogConsumer> Worker<C> {
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
         let mut by_partition = std::mem::take(&mut self.held);
-        let mut reposition = false;
+        // Fresh partitions whose first record skipped ahead in this poll.
+        let mut suspect: Vec<u32> = Vec::new();
         for record in records {
             // Only records that continue where this partition stands; a
             // partition not positioned yet (records fetched across a
@@ -188,11 +189,16 @@ impl<C: LogConsumer> Worker<C> {
                 // The first record after a seek must be the one sought. One
                 // further on may come from where the fetcher stood before
                 // the seek took effect; folding it would skip everything in
-                // between for good. Seek again, unless the gap persists.
-                if record.offset > *expect && *expect > 0 && *skips + 1 < GAP_CONFIRMATIONS {
+                // between for good. Seek again, unless the gap persists
+                // through several seeks.
+                if suspect.contains(&record.partition) {
+                    metrics().stale.inc();
+                    continue;
+                }
+                if record.offset > *expect && *skips + 1 < GAP_CONFIRMATIONS {
                     *skips += 1;
                     metrics().stale.inc();
-                    reposition = true;
+                    suspect.push(record.partition);
                     continue;
                 }
                 if record.offset > *expect {
@@ -211,7 +217,7 @@ impl<C: LogConsumer> Worker<C> {
                 .or_default()
                 .push(record);
         }
-        if reposition {
+        if !suspect.is_empty() {
             // Keep the gap counts: `position` only resets the rest.
             self.positioned = None;
             return Ok(());

@@ -67,12 +67,15 @@ async fn killing_the_worker_mid_batch_on_aerospike_cells() {
 }
 
 /// A consumer whose seeks land one poll late, and which hands out a few
-/// records from the old position in that poll, as librdkafka does when a
-/// seek is refused until the partition's fetcher starts. The worker must
-/// neither fold those records nor let them shape a batch.
+/// records from the old position in that poll, as librdkafka did when a
+/// seek was refused until the partition's fetcher started. Every other seek,
+/// the old position is just ahead of the one sought (a fetcher that had read
+/// on). The worker must neither fold those records nor let them shape a
+/// batch.
 struct LateSeeks<C> {
     inner: C,
     due: Vec<(u32, u64)>,
+    seeks: BTreeMap<u32, u64>,
 }
 
 impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
@@ -101,6 +104,11 @@ impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
     }
 
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {
+        let seeks = self.seeks.entry(partition).or_default();
+        *seeks += 1;
+        if seeks.is_multiple_of(2) {
+            self.inner.seek(partition, offset + 5)?;
+        }
         self.due.push((partition, offset));
         Ok(())
     }
@@ -184,6 +192,7 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
             let consumer = LateSeeks {
                 inner: consumer,
                 due: Vec::new(),
+                seeks: BTreeMap::new(),
             };
             let worker = Worker::new(consumer, ids_client, aggregates_client, config.clone());
             tokio::spawn(worker.run(shutdown.clone()))
