@@ -424,24 +424,7 @@ fn storage_error(err: impl Into<StoreError>) -> Error {
 mod tests {
     use super::*;
 
-    fn key(minute: i64, brand: u32) -> CellKey {
-        CellKey {
-            minute,
-            action: Action::Buy,
-            origin: 0,
-            brand,
-            category: 0,
-        }
-    }
-
-    fn filter(brand: u32) -> CellFilter {
-        CellFilter {
-            action: Action::Buy,
-            origin: 0,
-            brand,
-            category: 0,
-        }
-    }
+    use crate::store::scenarios::{brand as filter, key};
 
     fn batch(start: u64, next: u64, deltas: Vec<(CellKey, Totals)>) -> DeltaBatch {
         DeltaBatch {

@@ -11,7 +11,8 @@ pub const START: i64 = 27_433_440;
 const YEAR_9999: i64 = 253_402_300_799_999 / 60_000;
 const YEAR_0001: i64 = -62_135_596_800_000 / 60_000;
 
-fn key(minute: i64, brand: u32) -> CellKey {
+/// A BUY cell of `brand` (0: any) in `minute`, no origin or category.
+pub fn key(minute: i64, brand: u32) -> CellKey {
     CellKey {
         minute,
         action: Action::Buy,
@@ -21,7 +22,8 @@ fn key(minute: i64, brand: u32) -> CellKey {
     }
 }
 
-fn brand(brand: u32) -> CellFilter {
+/// The filter reading [`key`]'s cells.
+pub fn brand(brand: u32) -> CellFilter {
     CellFilter {
         action: Action::Buy,
         origin: 0,

@@ -10,6 +10,21 @@ use serde_json::{Value, json};
 use crate::aggregates::{Query, query};
 use crate::support::{Server, client, eventually, expected_profile, post_tag, profile, tag};
 
+/// Sends `tags` 20 at a time; every one must be answered 204.
+async fn send_all<'a>(
+    client: &reqwest::Client,
+    server: &Server,
+    tags: impl IntoIterator<Item = &'a Value>,
+) {
+    let tags: Vec<&Value> = tags.into_iter().collect();
+    for chunk in tags.chunks(20) {
+        let sends = chunk.iter().map(|t| post_tag(client, server, t));
+        for status in futures::future::join_all(sends).await {
+            assert_eq!(status, 204);
+        }
+    }
+}
+
 fn outlier(time: &str, n: i64) -> Value {
     let mut t = tag("outlier_cookie", "VIEW", 0, n);
     t["time"] = json!(time);
@@ -72,12 +87,7 @@ async fn outliers_mid_stream_leave_every_other_answer_exact() {
         })
         .collect();
     let (first, second) = tags.split_at(750);
-    for chunk in first.chunks(20) {
-        let sends = chunk.iter().map(|(_, t)| post_tag(&client, &server, t));
-        for status in futures::future::join_all(sends).await {
-            assert_eq!(status, 204);
-        }
-    }
+    send_all(&client, &server, first.iter().map(|(_, t)| t)).await;
 
     // Far in the future of the server's clock: refused, naming `time`.
     for time in ["9999-12-31T23:59:59.999Z", "9999-06-01T00:00:00.000Z"] {
@@ -96,17 +106,8 @@ async fn outliers_mid_stream_leave_every_other_answer_exact() {
     let mut accepted = vec![outlier("0001-01-01T00:00:00.000Z", 2)];
     accepted.extend((0..60).map(|i| outlier(&format!("2025-06-01T00:00:{i:02}.000Z"), i)));
     accepted.extend((0..20).map(|i| outlier(&format!("0001-01-01T00:00:{i:02}.500Z"), i)));
-    let sends = accepted.iter().map(|t| post_tag(&client, &server, t));
-    for status in futures::future::join_all(sends).await {
-        assert_eq!(status, 204);
-    }
-
-    for chunk in second.chunks(20) {
-        let sends = chunk.iter().map(|(_, t)| post_tag(&client, &server, t));
-        for status in futures::future::join_all(sends).await {
-            assert_eq!(status, 204);
-        }
-    }
+    send_all(&client, &server, &accepted).await;
+    send_all(&client, &server, second.iter().map(|(_, t)| t)).await;
 
     let all_views = Query {
         action: "VIEW",
