@@ -254,6 +254,17 @@ impl LogConsumer for EmbeddedConsumer {
         Ok(())
     }
 
+    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let range = record_key(partition, 0)..record_key(partition, u64::MAX);
+        match self.log.inner.records.range(range).next() {
+            Some(guard) => {
+                let key = guard.key().map_err(StoreError::from)?;
+                Ok(offset_of(&key).unwrap_or(0))
+            }
+            None => Ok(self.log.end_offset(partition)),
+        }
+    }
+
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
         if partition as usize >= self.positions.len() {
             return Err(LogError::NotAssigned(partition));

@@ -405,6 +405,14 @@ impl LogConsumer for KafkaConsumer {
         Ok(())
     }
 
+    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let p = i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?;
+        let (low, _high) =
+            self.consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
+        Ok(u64::try_from(low).unwrap_or(0))
+    }
+
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(

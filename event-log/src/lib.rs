@@ -75,6 +75,11 @@ pub trait LogConsumer: Send {
     /// Moves the read position of `partition` to `offset`.
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError>;
 
+    /// The oldest offset of `partition` the log still holds (records before
+    /// it were removed by retention). May block briefly: asked only when a
+    /// read skips ahead of the position sought.
+    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError>;
+
     /// Records that everything before `next_offset` in `partition` has been
     /// processed. Call only after the records' effects are durable elsewhere.
     fn commit(

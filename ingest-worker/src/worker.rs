@@ -7,7 +7,7 @@
 //! between apply and commit replays nothing; and a batch sent twice (a retry
 //! after a lost answer) is recognised and skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use allezon_core::admin;
@@ -86,15 +86,9 @@ pub struct Worker<C> {
     /// seek took effect, or a re-delivery after one): folding it would count
     /// records twice, or cut a batch that does not match the store's.
     expect: BTreeMap<u32, u64>,
-    /// Partitions positioned but not yet read from, with how many times in a
-    /// row their first record came after the position (see `step`).
-    fresh: BTreeMap<u32, u32>,
+    /// Partitions positioned but not yet read from (see `step`).
+    fresh: BTreeSet<u32>,
 }
-
-/// A partition whose first record after a seek skips ahead this many times
-/// in a row has a real gap (records removed by retention); fewer times, the
-/// records came from the fetcher's old position.
-const GAP_CONFIRMATIONS: u32 = 3;
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -116,7 +110,7 @@ impl<C: LogConsumer> Worker<C> {
             cuts: BTreeMap::new(),
             held: BTreeMap::new(),
             expect: BTreeMap::new(),
-            fresh: BTreeMap::new(),
+            fresh: BTreeSet::new(),
         }
     }
 
@@ -185,28 +179,30 @@ impl<C: LogConsumer> Worker<C> {
                 metrics().stale.inc();
                 continue;
             }
-            if let Some(skips) = self.fresh.get_mut(&record.partition) {
+            if self.fresh.contains(&record.partition) {
                 // The first record after a seek must be the one sought. One
                 // further on may come from where the fetcher stood before
                 // the seek took effect; folding it would skip everything in
-                // between for good. Seek again, unless the gap persists
-                // through several seeks.
+                // between for good. It is a real gap only if the log no
+                // longer holds the records in between (retention); else seek
+                // again.
                 if suspect.contains(&record.partition) {
                     metrics().stale.inc();
                     continue;
                 }
-                if record.offset > *expect && *skips + 1 < GAP_CONFIRMATIONS {
-                    *skips += 1;
-                    metrics().stale.inc();
-                    suspect.push(record.partition);
-                    continue;
-                }
                 if record.offset > *expect {
+                    let first = self.consumer.first_offset(record.partition).unwrap_or(0);
+                    if first <= *expect {
+                        metrics().stale.inc();
+                        suspect.push(record.partition);
+                        continue;
+                    }
                     tracing::warn!(
                         partition = record.partition,
                         expected = *expect,
+                        first_retained = first,
                         offset = record.offset,
-                        "the log has a gap after the position; reading on"
+                        "records before the position were removed from the log; reading on"
                     );
                 }
                 self.fresh.remove(&record.partition);
@@ -218,7 +214,6 @@ impl<C: LogConsumer> Worker<C> {
                 .push(record);
         }
         if !suspect.is_empty() {
-            // Keep the gap counts: `position` only resets the rest.
             self.positioned = None;
             return Ok(());
         }
@@ -263,7 +258,7 @@ impl<C: LogConsumer> Worker<C> {
         self.held.clear();
         self.cuts.clear();
         self.expect.clear();
-        self.fresh.retain(|p, _| partitions.contains(p));
+        self.fresh.clear();
         let pending = marks
             .pending_next_offsets
             .iter()
@@ -277,7 +272,7 @@ impl<C: LogConsumer> Worker<C> {
             // the log retains. Records polled before this point were void.
             self.consumer.seek(partition, watermark)?;
             self.expect.insert(partition, watermark);
-            self.fresh.entry(partition).or_insert(0);
+            self.fresh.insert(partition);
             if pending > watermark {
                 self.cuts.insert(partition, pending);
             }

@@ -113,6 +113,10 @@ impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
         Ok(())
     }
 
+    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        self.inner.first_offset(partition)
+    }
+
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
         self.inner.commit(partition, next_offset).await
     }
