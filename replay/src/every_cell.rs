@@ -233,9 +233,8 @@ pub async fn verify(
                         report.cells += compared;
                         continue;
                     }
-                    Err(diff) if !last_try => {
-                        // Maybe not counted yet: asked again below.
-                        let _ = diff;
+                    // Maybe not counted yet: asked again below.
+                    Err(_) if !last_try => {
                         pending.push(ask);
                         continue;
                     }

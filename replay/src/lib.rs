@@ -148,7 +148,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let elapsed = driver.elapsed();
     let stats = driver.stats();
     let every_cell = if config.verify_every_cell {
-        let settle_by = std::time::Instant::now() + plan_freshness(&config);
+        let settle_by =
+            std::time::Instant::now() + Duration::from_secs_f64(config.aggregate_freshness_s);
         Some(
             every_cell::verify(
                 driver.client(),
@@ -187,10 +188,6 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         plot::write_svg(path, &pairs)?;
     }
     Ok(report)
-}
-
-fn plan_freshness(config: &Config) -> Duration {
-    Duration::from_secs_f64(config.aggregate_freshness_s)
 }
 
 /// The report as a person reads it at the end of a run.
