@@ -16,6 +16,31 @@ use crate::model::{AggregateCheck, MinuteCache, Model, ProfileCheck};
 use crate::stats::{Endpoint, EndpointStats, Outcome};
 use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE, mix};
 
+/// When the tags went out.
+#[derive(Debug, Clone, Default)]
+pub struct SendLog {
+    /// Tags handed to the client in each whole second of the run.
+    pub per_second: Vec<u64>,
+    /// From the start to the last tag handed out.
+    pub sending: Duration,
+}
+
+impl SendLog {
+    fn sent(&mut self, at: Duration) {
+        let second = at.as_secs() as usize;
+        if self.per_second.len() <= second {
+            self.per_second.resize(second + 1, 0);
+        }
+        self.per_second[second] += 1;
+        self.sending = at;
+    }
+
+    /// Tags per second over the sending phase.
+    pub fn rate(&self) -> f64 {
+        self.per_second.iter().sum::<u64>() as f64 / self.sending.as_secs_f64().max(1e-3)
+    }
+}
+
 /// One query in this many carries a deliberately wrong debug body: a server
 /// that echoes the body instead of computing the answer gets caught.
 const WRONG_DEBUG_BODY_EVERY: u64 = 7;
@@ -175,8 +200,10 @@ impl Driver {
     }
 
     /// Runs the whole plan; `sent` is told after every tag handed out.
-    pub async fn run(self: &Arc<Self>, sent: impl Fn(u64)) {
+    /// Returns how many tags went out in each second of the run.
+    pub async fn run(self: &Arc<Self>, sent: impl Fn(u64)) -> SendLog {
         let mut tasks = tokio::task::JoinSet::new();
+        let mut log = SendLog::default();
         for n in 0..self.plan.tags {
             if let Some(rate) = self.plan.rate {
                 let due = self.started + Duration::from_secs_f64(n as f64 / rate);
@@ -198,10 +225,12 @@ impl Driver {
                 tasks.spawn(async move { me.aggregate_query(q).await });
             }
             sent(n + 1);
+            log.sent(self.started.elapsed());
             // Reap finished tasks so the set stays small on long runs.
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+        log
     }
 
     async fn send_tag(self: Arc<Self>, n: u64) {

@@ -40,9 +40,13 @@ pub struct Config {
     /// Number of tags to send.
     #[arg(long, default_value_t = 100_000)]
     pub tags: u64,
-    /// Tags per second; omit to send as fast as --max-in-flight allows.
-    #[arg(long)]
+    /// Tags per second; 0 or omitted: as fast as --max-in-flight allows.
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Pass even if the tags went out slower than --rate (by default a run
+    /// that could not send at the asked rate fails: it did not test it).
+    #[arg(long)]
+    pub allow_slow: bool,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
@@ -84,6 +88,18 @@ pub struct Config {
     pub verify_every_cell: bool,
 }
 
+/// Tags went out at least this share of the asked rate, or the run failed
+/// to test that rate.
+pub const RATE_TOLERANCE: f64 = 0.97;
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|err| format!("{err}"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err("must be a number of tags per second, 0 or more (0: no limit)".into());
+    }
+    Ok(rate)
+}
+
 impl Config {
     /// The defaults of the command line (the contract's timeouts and
     /// freshness) aimed at `target`, for runs started from code.
@@ -104,7 +120,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         target: config.target.trim_end_matches('/').to_owned(),
         seed: config.seed,
         tags: config.tags,
-        rate: config.rate,
+        // 0 is the usual way to say "no limit".
+        rate: config.rate.filter(|rate| *rate > 0.0),
         max_in_flight: config.max_in_flight,
         profile_every: config.profile_every,
         aggregate_every: config.aggregate_every,
@@ -141,7 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             }
         })
     };
-    driver.run(|sent| bar.set_position(sent)).await;
+    let sends = driver.run(|sent| bar.set_position(sent)).await;
     ticker.abort();
     bar.finish();
 
@@ -170,13 +187,21 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         .zip(&stats)
         .map(|(e, s)| s.summary(*e, elapsed))
         .collect();
+    let target_rate = config.rate.filter(|rate| *rate > 0.0);
+    let achieved_rate = sends.rate();
+    let too_slow = target_rate.is_some_and(|rate| achieved_rate < rate * RATE_TOLERANCE);
     let report = Report {
         target: config.target.clone(),
         seed: config.seed,
         tags: config.tags,
-        target_rate: config.rate,
+        target_rate,
+        achieved_rate,
+        too_slow,
+        sent_per_second: sends.per_second.clone(),
         elapsed_s: elapsed.as_secs_f64(),
-        passed: stats.iter().all(|s| !s.failed()) && every_cell.as_ref().is_none_or(|e| e.passed()),
+        passed: stats.iter().all(|s| !s.failed())
+            && every_cell.as_ref().is_none_or(|e| e.passed())
+            && (!too_slow || config.allow_slow),
         endpoints,
         every_cell,
     };
@@ -185,7 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     }
     if let Some(path) = &config.plot {
         let pairs: Vec<_> = Endpoint::ALL.iter().copied().zip(stats.iter()).collect();
-        plot::write_svg(path, &pairs)?;
+        plot::write_svg(path, &pairs, &sends.per_second, target_rate)?;
     }
     Ok(report)
 }
@@ -241,6 +266,21 @@ pub fn render(report: &Report) -> String {
         for problem in &e.first_problems {
             out.push_str(&format!("  every cell: {}\n", truncate(problem, 400)));
         }
+    }
+    match report.target_rate {
+        Some(asked) => out.push_str(&format!(
+            "rate: asked {asked:.0} tags/s, sent {:.0} tags/s{}\n",
+            report.achieved_rate,
+            if report.too_slow {
+                " (too slow: the asked rate was not tested)"
+            } else {
+                ""
+            }
+        )),
+        None => out.push_str(&format!(
+            "rate: as fast as possible, sent {:.0} tags/s\n",
+            report.achieved_rate
+        )),
     }
     out.push_str(if report.passed {
         "PASSED\n"

@@ -1,5 +1,6 @@
 //! An SVG a person can look at: p50 and p99 latency per second of the run for
-//! each endpoint, and the latency histogram of tag writes.
+//! each endpoint, the tags sent each second against the rate asked, and the
+//! latency histogram of tag writes.
 
 use std::path::Path;
 
@@ -31,10 +32,17 @@ fn per_second(stats: &EndpointStats) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
-pub fn write_svg(path: &Path, stats: &[(Endpoint, &EndpointStats)]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
+pub fn write_svg(
+    path: &Path,
+    stats: &[(Endpoint, &EndpointStats)],
+    sent_per_second: &[u64],
+    asked: Option<f64>,
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 950)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(400);
+    let (top, rest) = root.split_vertically(400);
+    let (middle, bottom) = rest.split_vertically(250);
+    draw_rate(&middle, sent_per_second, asked)?;
 
     let series: Vec<_> = stats.iter().map(|(e, s)| (*e, per_second(s))).collect();
     let max_t = series
@@ -127,5 +135,54 @@ pub fn write_svg(path: &Path, stats: &[(Endpoint, &EndpointStats)]) -> anyhow::R
         )
     }))?;
     root.present()?;
+    Ok(())
+}
+
+/// Tags sent in each second, against the rate asked (dashed when given).
+fn draw_rate<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    sent_per_second: &[u64],
+    asked: Option<f64>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let max_rate = sent_per_second
+        .iter()
+        .map(|n| *n as f64)
+        .chain(asked)
+        .fold(1.0, f64::max);
+    let seconds = sent_per_second.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            match asked {
+                Some(rate) => format!("tags sent per second (asked: {rate:.0}/s, grey)"),
+                None => "tags sent per second (as fast as possible)".to_owned(),
+            },
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..seconds, 0f64..max_rate * 1.1)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("seconds")
+        .y_desc("tags/s")
+        .draw()?;
+    if let Some(rate) = asked {
+        chart.draw_series(LineSeries::new(
+            [(0.0, rate), (seconds, rate)],
+            RGBColor(150, 150, 150).stroke_width(2),
+        ))?;
+    }
+    chart.draw_series(LineSeries::new(
+        sent_per_second
+            .iter()
+            .enumerate()
+            .map(|(s, n)| (s as f64, *n as f64)),
+        COLORS[0].stroke_width(2),
+    ))?;
     Ok(())
 }

@@ -157,6 +157,12 @@ pub struct Report {
     pub seed: u64,
     pub tags: u64,
     pub target_rate: Option<f64>,
+    /// Tags per second over the sending phase.
+    pub achieved_rate: f64,
+    /// Sent below the asked rate (by more than the tolerance).
+    pub too_slow: bool,
+    /// Tags sent in each second of the run.
+    pub sent_per_second: Vec<u64>,
     pub elapsed_s: f64,
     pub passed: bool,
     pub endpoints: Vec<EndpointReport>,

@@ -23,6 +23,8 @@ enum Fault {
     NoTrim,
     /// Treats the end of a time range as inclusive.
     InclusiveEnd,
+    /// Correct, but takes 20 ms per tag.
+    Slow,
 }
 
 /// A stored tag: (time ms, action, the tag as it will be answered).
@@ -35,6 +37,9 @@ struct Fixture {
 }
 
 async fn user_tags(State(f): State<Fixture>, body: Bytes) -> StatusCode {
+    if f.fault == Fault::Slow {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let mut tag: Value = serde_json::from_slice(&body).unwrap();
     let time = tag["time"].as_str().unwrap().to_owned();
     let ms = allezon_core::time::parse_tag_time(&time).unwrap();
@@ -158,4 +163,66 @@ async fn a_server_with_an_inclusive_range_end_fails() {
     let report = replay(Fault::InclusiveEnd).await;
     assert!(!report.passed);
     assert!(wrong_profiles(&report) > 0);
+}
+
+/// Four requests in flight at 20 ms each cannot reach 2,000 tags/s: the run
+/// did not test the rate it was asked for, so it fails, unless told that a
+/// slower rate is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_slower_than_the_asked_rate_fails_unless_allowed() {
+    let target = start(Fault::Slow).await;
+    let config = Config {
+        tags: 400,
+        rate: Some(2_000.0),
+        max_in_flight: 4,
+        profile_every: 0,
+        aggregate_every: 0,
+        tag_timeout_ms: 10_000,
+        quiet: true,
+        ..Config::for_target(&target)
+    };
+    let report = run(config.clone()).await.unwrap();
+    assert!(report.too_slow, "{}", allezon_replay::render(&report));
+    assert!(report.achieved_rate < 400.0, "{}", report.achieved_rate);
+    assert!(!report.passed);
+    assert!(allezon_replay::render(&report).contains("too slow"));
+    let allowed = Config {
+        allow_slow: true,
+        ..config
+    };
+    assert!(run(allowed).await.unwrap().passed);
+}
+
+/// `--rate 0` is the usual "no limit": it runs as fast as it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_zero_means_as_fast_as_possible() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+    let target = start(Fault::None).await;
+    let parse = |rate: &str| {
+        <Cli as clap::Parser>::try_parse_from([
+            "allezon-replay",
+            "--target",
+            target.as_str(),
+            "--rate",
+            rate,
+            "--tags",
+            "2000",
+            "--aggregate-every",
+            "0",
+            "--profile-freshness-s",
+            "0",
+            "--quiet",
+        ])
+    };
+    for bad in ["-1", "NaN", "inf", "fast"] {
+        assert!(parse(bad).is_err(), "--rate {bad} accepted");
+    }
+    let report = run(parse("0").unwrap().config).await.unwrap();
+    assert_eq!(report.target_rate, None);
+    assert!(report.passed, "{}", allezon_replay::render(&report));
+    assert!(report.achieved_rate > 0.0);
 }
