@@ -42,10 +42,11 @@ wait_port() {
 
 worker() { # index
   # On one machine the workers yield the CPU to the request path: a tag
-  # waits 200 ms at most, a statistic may lag 60 s, and a restarted worker
-  # catching up would otherwise starve the gateway.
+  # waits 200 ms at most, a profile may lag 10 s and a statistic 60 s, and a
+  # restarted worker catching up would otherwise starve the gateway.
   NICE="nice -n ${WORKER_NICE:-10}" launch "worker-$1" ingest-worker --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" \
     --kafka-create-partitions "$PARTITIONS" --kafka-instance-id "worker-$1" \
+    --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
     --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
     --admin-addr "127.0.0.1:$((9100 + $1))"
 }
@@ -67,8 +68,7 @@ case "${1:-}" in
     launch gateway gateway --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:9100 \
       --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" --kafka-create-partitions "$PARTITIONS" \
       --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
-      --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
-      --data-dir "$RUN/data"
+      --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT"
     wait_port "$HTTP_PORT"
     echo "allezon cluster: http://127.0.0.1:$HTTP_PORT, logs in $RUN/logs" >&2
     ;;

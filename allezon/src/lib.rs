@@ -2,21 +2,28 @@
 //! the embedded backends, sharing one storage engine in one data directory.
 //!
 //! `cargo run --release` at the repository root starts it on
-//! `127.0.0.1:8080`. The services still talk gRPC to each other over
-//! loopback, exactly as they do when deployed as separate processes.
+//! `127.0.0.1:8080`. The gateway and the worker call the services in this
+//! process directly, through the same traits that are gRPC clients when the
+//! services run apart (`allezon-api`); the gRPC server still runs, for
+//! `grpcurl` and outside callers.
+
+mod ingest;
+
+pub use ingest::EmbeddedIngest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aggregate_svc::EmbeddedAggregateStore;
-use allezon_core::config::{DataDirArgs, endpoint_uri};
+use aggregate_svc::{AggregateGrpc, EmbeddedAggregateStore};
+use allezon_api::{InProcess, Services};
+use allezon_core::config::DataDirArgs;
 use allezon_core::shutdown::Shutdown;
 use allezon_storage::Store;
 use clap::Args;
 use event_log::EmbeddedLog;
-use gateway::Endpoints;
-use id_svc::EmbeddedIdStore;
-use profile_svc::EmbeddedProfileStore;
+use id_svc::{EmbeddedIdStore, IdGrpc};
+use ingest_worker::{Worker, WorkerConfig};
+use profile_svc::{EmbeddedProfileStore, ProfileGrpc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
@@ -26,8 +33,8 @@ pub struct Config {
     /// HTTP listen address of the REST API (port 0 picks a free port).
     #[arg(long, env = "ALLEZON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// gRPC listen address of the internal services, for `grpcurl` and for
-    /// the gateway (port 0 picks a free port).
+    /// gRPC listen address of the internal services, for `grpcurl` and
+    /// outside callers (port 0 picks a free port).
     #[arg(long, env = "ALLEZON_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
@@ -38,10 +45,17 @@ pub struct Config {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    store: Store,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// The engine every store and the log share; fault tests make its
+    /// writes fail with [`Store::inject_write_errors`].
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Waits until the system has shut down and drained.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
@@ -63,15 +77,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let http_listener = TcpListener::bind(config.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let endpoints = Endpoints::all_at(&endpoint_uri(grpc_addr));
 
     // Shutdown runs front to back: the gateway drains, then the worker folds
     // what it holds, then the services stop.
     let services_shutdown = Shutdown::new();
     let worker_shutdown = Shutdown::new();
-    let routes = Routes::new(profile_svc::service(profiles))
-        .add_service(aggregate_svc::service(Arc::new(aggregates.clone())))
-        .add_service(id_svc::service(ids));
+    let aggregates = Arc::new(aggregates);
+    let routes = Routes::new(profile_svc::service(profiles.clone()))
+        .add_service(aggregate_svc::service(Arc::clone(&aggregates)))
+        .add_service(id_svc::service(ids.clone()));
     let services = tokio::spawn(allezon_core::grpc::serve(
         grpc_listener,
         routes,
@@ -83,14 +97,28 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         services_shutdown.clone(),
     ));
     tokio::spawn(aggregate_svc::run_retention(
-        aggregates,
+        (*aggregates).clone(),
         services_shutdown.clone(),
     ));
-    let worker =
-        tokio::spawn(gateway::embedded_worker(&log, &endpoints)?.run(worker_shutdown.clone()));
-    let backends = gateway::Backends::connect_lazy(&endpoints, Arc::new(log))?;
+    let in_process = Services {
+        profiles: Arc::new(InProcess::new(ProfileGrpc::new(profiles.clone()))),
+        aggregates: Arc::new(InProcess::new(AggregateGrpc::new(aggregates))),
+        ids: Arc::new(InProcess::new(IdGrpc::new(ids))),
+    };
+    let worker = Worker::new(
+        log.consumer(ingest_worker::GROUP)?,
+        Arc::clone(&in_process.ids),
+        Arc::clone(&in_process.aggregates),
+        WorkerConfig::default(),
+    );
+    let worker = tokio::spawn(worker.run(worker_shutdown.clone()));
+    let backends = gateway::Backends {
+        services: in_process,
+        tags: Arc::new(EmbeddedIngest { log, profiles }),
+    };
     let gateway = tokio::spawn(gateway::serve(http_listener, backends, shutdown));
 
+    let engine = store.clone();
     let task = tokio::spawn(async move {
         let gateway_result = gateway.await;
         worker_shutdown.cancel();
@@ -100,13 +128,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         gateway_result??;
         worker_result??;
         services_result??;
-        // Dropping the last handle persists and closes the engine.
+        // The engine persists and closes once this handle and the one in
+        // `Running` are dropped.
         drop(store);
         Ok(())
     });
     Ok(Running {
         http_addr,
         grpc_addr,
+        store: engine,
         task,
     })
 }

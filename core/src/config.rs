@@ -36,10 +36,17 @@ pub fn endpoint_uri(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-/// Where the ingest path's services answer: what the worker calls, and the
-/// gateway too.
+/// Where the services answer, for the gateway and the workers that call
+/// them over gRPC.
 #[derive(Debug, Clone, Args)]
-pub struct IngestEndpointArgs {
+pub struct ServiceEndpointArgs {
+    /// gRPC endpoint of profile-svc.
+    #[arg(
+        long,
+        env = "ALLEZON_PROFILE_SVC",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub profile_svc: String,
     /// gRPC endpoint of aggregate-svc.
     #[arg(
         long,

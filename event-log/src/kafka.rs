@@ -63,6 +63,18 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     /// Settings for `topic` on `brokers`; the topic is not created.
+    /// The settings shared by the gateway and the workers, from their flags;
+    /// `None` without brokers. `partitions` is 0 unless the topic should be
+    /// created.
+    pub fn from_args(args: &allezon_core::config::KafkaArgs) -> Option<Self> {
+        Some(Self {
+            partitions: args.kafka_create_partitions.unwrap_or(0),
+            replication: args.kafka_replication,
+            linger: Duration::from_millis(args.kafka_linger_ms),
+            ..Self::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
+        })
+    }
+
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),

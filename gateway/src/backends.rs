@@ -1,29 +1,49 @@
-//! What the gateway calls: the gRPC services, and the event log it appends
-//! every accepted tag to.
+//! What the gateway calls: the services, through their traits, and the
+//! writer that makes an accepted tag durable.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use allezon_api::Services;
 use allezon_core::Error;
-use allezon_core::client::channel;
-use allezon_proto::v1::aggregate_service_client::AggregateServiceClient;
-use allezon_proto::v1::id_service_client::IdServiceClient;
-use allezon_proto::v1::profile_service_client::ProfileServiceClient;
+use allezon_proto::v1 as pb;
 use event_log::EventLog;
-use tonic::transport::Channel;
+use prost::Message;
 
-pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-/// The event log as the gateway sees it: append, durably, or fail.
-pub trait TagSink: Send + Sync + 'static {
-    fn append(&self, cookie: &str, event: Vec<u8>, traceparent: Option<String>) -> SinkFuture;
+/// Makes an accepted tag durable wherever it must be, before the gateway
+/// answers 204. An error means the tag is in neither profiles nor
+/// statistics; success means it is, or will be once the workers catch up,
+/// in both.
+pub trait TagWriter: Send + Sync + 'static {
+    fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture;
 }
 
-impl<L: EventLog + Clone> TagSink for L {
-    fn append(&self, cookie: &str, event: Vec<u8>, traceparent: Option<String>) -> SinkFuture {
-        let (log, key) = (self.clone(), cookie.as_bytes().to_vec());
+/// The multi-process writer: the tag is appended to the event log (Kafka),
+/// and that is the only write on the request path. The ingest workers build
+/// the profiles as well as the statistics from the log, idempotently.
+///
+/// So an error answer means the tag is in neither view (the append failed),
+/// a 204 means it is in both once the workers have read it, and a tag whose
+/// answer was lost is in both or neither. Writing profile-svc here as well
+/// would break the first rule whenever profile-svc fails and Kafka does not,
+/// or the other way round.
+pub struct LogWrites<L> {
+    pub log: L,
+}
+
+impl<L: EventLog + Clone> TagWriter for LogWrites<L> {
+    fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture {
+        let log = self.log.clone();
         Box::pin(async move {
+            let key = tag.cookie.clone().into_bytes();
+            let event = pb::TagEvent {
+                tag: Some(tag),
+                traceparent: traceparent.clone().unwrap_or_default(),
+            }
+            .encode_to_vec();
             log.append(&key, event, traceparent.as_deref())
                 .await
                 .map(|_| ())
@@ -35,50 +55,10 @@ impl<L: EventLog + Clone> TagSink for L {
     }
 }
 
-/// gRPC endpoints of the services, as `http://host:port`.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub profile_svc: String,
-    pub aggregate_svc: String,
-    pub id_svc: String,
-}
-
-impl Endpoints {
-    /// Every service behind one address, as in the all-in-one binary.
-    pub fn all_at(uri: &str) -> Self {
-        Self {
-            profile_svc: uri.to_owned(),
-            aggregate_svc: uri.to_owned(),
-            id_svc: uri.to_owned(),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Backends {
-    pub profiles: ProfileServiceClient<Channel>,
-    pub aggregates: AggregateServiceClient<Channel>,
-    pub ids: IdServiceClient<Channel>,
-    pub log: Arc<dyn TagSink>,
-}
-
-impl Backends {
-    /// Clients that connect on first use (and reconnect after failures), so the
-    /// gateway may start before the services it calls.
-    pub fn connect_lazy(
-        endpoints: &Endpoints,
-        log: Arc<dyn TagSink>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let max = allezon_core::grpc::MAX_MESSAGE_BYTES;
-        Ok(Self {
-            profiles: ProfileServiceClient::new(channel(&endpoints.profile_svc)?)
-                .max_decoding_message_size(max),
-            aggregates: AggregateServiceClient::new(channel(&endpoints.aggregate_svc)?)
-                .max_decoding_message_size(max),
-            ids: IdServiceClient::new(channel(&endpoints.id_svc)?).max_decoding_message_size(max),
-            log,
-        })
-    }
+    pub services: Services,
+    pub tags: Arc<dyn TagWriter>,
 }
 
 impl Backends {
@@ -88,20 +68,18 @@ impl Backends {
     pub async fn warm_up(&self) {
         use allezon_proto::v1 as pb;
         let calls = (0..allezon_core::client::POOL_SIZE * 2).map(|_| {
-            let (mut profiles, mut aggregates, mut ids) = (
-                self.profiles.clone(),
-                self.aggregates.clone(),
-                self.ids.clone(),
-            );
+            let services = self.services.clone();
             async move {
-                let profile = profiles.get_profile(pb::GetProfileRequest {
+                let profile = services.profiles.get_profile(pb::GetProfileRequest {
                     cookie: "warm-up".into(),
                     from_ms: 0,
                     to_ms: 0,
                     limit: 0,
                 });
-                let marks = aggregates.get_watermarks(pb::GetWatermarksRequest::default());
-                let names = ids.lookup_ids(pb::LookupIdsRequest::default());
+                let marks = services
+                    .aggregates
+                    .get_watermarks(pb::GetWatermarksRequest::default());
+                let names = services.ids.lookup_ids(pb::LookupIdsRequest::default());
                 let (a, b, c) = tokio::join!(profile, marks, names);
                 a.err().or(b.err()).or(c.err())
             }

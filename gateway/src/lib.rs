@@ -1,15 +1,18 @@
 //! gateway: Allezon's REST front door.
 //!
 //! Serves the external contract (`POST /user_tags`, `POST
-//! /user_profiles/{cookie}`, `POST /aggregates`) and turns it into gRPC calls
-//! to the services. It owns everything HTTP: status codes, JSON errors, body
-//! limits, request ids.
+//! /user_profiles/{cookie}`, `POST /aggregates`) and turns it into calls of
+//! the services, through their traits (`allezon-api`). It owns everything
+//! HTTP: status codes, JSON errors, body limits, request ids.
 //!
-//! Run alone: `cargo run -p gateway -- --http-addr 127.0.0.1:8080
-//! --profile-svc http://127.0.0.1:50051 --aggregate-svc http://127.0.0.1:50052
-//! --id-svc http://127.0.0.1:50053 --data-dir ./data/gateway`. With the
-//! embedded event log, which lives in this process's data directory, the
-//! ingest worker runs inside the gateway process too.
+//! Which implementation sits behind each trait is the binary's choice: the
+//! all-in-one `allezon` calls the services in its own process and writes
+//! tags into its embedded engine; the standalone gateway binary (this
+//! crate's [`run`]) calls them over gRPC and appends tags to Kafka, from
+//! which the workers build profiles and statistics:
+//! `cargo run -p gateway -- --http-addr 127.0.0.1:8080 --kafka-brokers
+//! 127.0.0.1:9092 --profile-svc http://127.0.0.1:50051 --aggregate-svc
+//! http://127.0.0.1:50052 --id-svc http://127.0.0.1:50053`.
 
 pub mod backends;
 pub mod error;
@@ -20,37 +23,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allezon_api::Services;
 use allezon_core::admin::{self, Readiness};
-use allezon_core::config::{AdminArgs, DataDirArgs, IngestEndpointArgs, KafkaArgs};
+use allezon_core::config::{AdminArgs, KafkaArgs, ServiceEndpointArgs};
 use allezon_core::shutdown::Shutdown;
-use allezon_storage::Store;
 use axum::Router;
 use clap::Args;
-use event_log::{EmbeddedLog, KafkaLog};
-use ingest_worker::{Worker, WorkerConfig};
+use event_log::{KafkaConfig, KafkaLog};
 use tokio::net::TcpListener;
 
-pub use backends::{Backends, Endpoints, TagSink};
-
-/// Consumer group of the ingest workers on the event log.
-pub const WORKER_GROUP: &str = ingest_worker::GROUP;
+pub use backends::{Backends, LogWrites, TagWriter};
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// HTTP listen address of the REST API.
     #[arg(long, env = "ALLEZON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// gRPC endpoint of profile-svc.
-    #[arg(
-        long,
-        env = "ALLEZON_PROFILE_SVC",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub profile_svc: String,
     #[command(flatten)]
-    pub ingest: IngestEndpointArgs,
-    #[command(flatten)]
-    pub data: DataDirArgs,
+    pub services: ServiceEndpointArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -73,72 +63,40 @@ pub async fn serve(
         .await
 }
 
-/// An ingest worker on the embedded log, calling the services at `endpoints`.
-pub fn embedded_worker(
-    log: &EmbeddedLog,
-    endpoints: &Endpoints,
-) -> anyhow::Result<Worker<event_log::EmbeddedConsumer>> {
-    Ok(Worker::connect(
-        log.consumer(WORKER_GROUP)?,
-        &endpoints.id_svc,
-        &endpoints.aggregate_svc,
-        WorkerConfig::default(),
-    )?)
-}
-
-/// Runs the gateway alone until `shutdown`. With Kafka brokers configured it
-/// produces to the topic and the ingest workers run as their own processes;
-/// otherwise the embedded log lives in this process's data directory, and so
-/// does its worker.
+/// Runs the gateway alone until `shutdown`: tags go to the Kafka topic,
+/// where the ingest workers (their own processes) read them into profiles
+/// and statistics. The embedded log lives in the all-in-one binary only, beside its
+/// worker.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let endpoints = Endpoints {
-        profile_svc: config.profile_svc,
-        aggregate_svc: config.ingest.aggregate_svc,
-        id_svc: config.ingest.id_svc,
+    let Some(kafka) = KafkaConfig::from_args(&config.kafka) else {
+        anyhow::bail!(
+            "--kafka-brokers (ALLEZON_KAFKA_BROKERS) is required: a gateway on its own \
+             appends tags to Kafka (the all-in-one `allezon` binary runs on the embedded log)"
+        );
     };
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
-    let mut worker = None;
-    let log: Arc<dyn TagSink> = match ingest_worker::kafka_config(&config.kafka) {
-        Some(kafka) => {
-            kafka.ensure_topic().await?;
-            let log = KafkaLog::new(&kafka)?;
-            // Not serving until a tag can go all the way through: the HTTP
-            // port opens, and readiness turns true, only after this.
-            while let Err(err) = log
-                .warm_up(event_log::NOOP_RECORD, Duration::from_secs(10))
-                .await
-            {
-                tracing::warn!(%err, "kafka not usable yet; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            Arc::new(log)
+    kafka.ensure_topic().await?;
+    let log = KafkaLog::new(&kafka)?;
+    // Not serving until a tag can go all the way through: the HTTP port
+    // opens, and readiness turns true, only after this.
+    while let Err(err) = log
+        .warm_up(event_log::NOOP_RECORD, Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!(%err, "kafka not usable yet; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        None => {
-            let store = Store::open(&config.data.data_dir.join("gateway"))?;
-            let log = EmbeddedLog::open(&store, 1)?;
-            let worker_shutdown = Shutdown::new();
-            let task =
-                tokio::spawn(embedded_worker(&log, &endpoints)?.run(worker_shutdown.clone()));
-            worker = Some((worker_shutdown, task));
-            Arc::new(log)
-        }
-    };
-
-    let backends = Backends::connect_lazy(&endpoints, log)?;
+    }
+    let services = Services::connect_lazy(&config.services)?;
+    let tags = Arc::new(LogWrites { log });
+    let backends = Backends { services, tags };
     backends.warm_up().await;
     let listener = TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     readiness.set(true);
     serve(listener, backends, shutdown).await?;
-    // The worker stops after the gateway has drained, so every tag it
-    // accepted is folded before exit or, at worst, on the next start.
-    if let Some((worker_shutdown, task)) = worker {
-        worker_shutdown.cancel();
-        task.await??;
-    }
     Ok(())
 }

@@ -1,15 +1,14 @@
 //! Name-to-id resolution through id-svc, cached: ids never change, so a name
 //! costs one call in the worker's lifetime.
 
-use allezon_core::client::retry;
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use allezon_api::Ids;
 use allezon_proto::v1 as pb;
-use pb::id_service_client::IdServiceClient;
-use tonic::transport::Channel;
 
 pub struct IdCache {
-    client: IdServiceClient<Channel>,
+    ids: Arc<dyn Ids>,
     /// One map per dimension (origin, brand, category), looked up by `&str`.
     known: [HashMap<String, u32>; 3],
 }
@@ -23,9 +22,9 @@ fn slot(dimension: pb::Dimension) -> usize {
 }
 
 impl IdCache {
-    pub fn new(client: IdServiceClient<Channel>) -> Self {
+    pub fn new(ids: Arc<dyn Ids>) -> Self {
         Self {
-            client,
+            ids,
             known: Default::default(),
         }
     }
@@ -58,14 +57,9 @@ impl IdCache {
                 })
                 .collect(),
         };
-        // Safe to repeat: a name gets the same id however often it is asked.
-        let ids = retry(|| {
-            let (mut client, request) = (self.client.clone(), request.clone());
-            async move { client.get_or_create_ids(request).await }
-        })
-        .await?
-        .into_inner()
-        .ids;
+        // Safe to repeat (the client retries): a name gets the same id
+        // however often it is asked.
+        let ids = self.ids.get_or_create_ids(request).await?.ids;
         if ids.len() != missing.len() {
             return Err(tonic::Status::internal(
                 "id-svc answered a different number of ids",

@@ -11,8 +11,9 @@ pub mod worker;
 
 pub use worker::{Worker, WorkerConfig, WorkerError};
 
+use allezon_api::Services;
 use allezon_core::admin::{self, Readiness};
-use allezon_core::config::{AdminArgs, IngestEndpointArgs, KafkaArgs};
+use allezon_core::config::{AdminArgs, KafkaArgs, ServiceEndpointArgs};
 use allezon_core::shutdown::Shutdown;
 use clap::Args;
 use event_log::{KafkaConfig, KafkaConsumer};
@@ -41,26 +42,14 @@ pub struct Config {
     )]
     pub kafka_session_timeout_ms: u64,
     #[command(flatten)]
-    pub services: IngestEndpointArgs,
+    pub services: ServiceEndpointArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
 
-/// The Kafka log's settings shared by the gateway and the workers, when
-/// brokers are configured. `partitions` is 0 unless the topic should be
-/// created.
-pub fn kafka_config(args: &KafkaArgs) -> Option<KafkaConfig> {
-    Some(KafkaConfig {
-        partitions: args.kafka_create_partitions.unwrap_or(0),
-        replication: args.kafka_replication,
-        linger: std::time::Duration::from_millis(args.kafka_linger_ms),
-        ..KafkaConfig::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
-    })
-}
-
 /// Runs one worker of the group until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let Some(base) = kafka_config(&config.kafka) else {
+    let Some(base) = KafkaConfig::from_args(&config.kafka) else {
         anyhow::bail!(
             "--kafka-brokers (ALLEZON_KAFKA_BROKERS) is required: with the embedded log \
              the worker runs inside the process that owns the log"
@@ -75,12 +64,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
-    let worker = Worker::connect(
-        consumer,
-        &config.services.id_svc,
-        &config.services.aggregate_svc,
-        WorkerConfig::default(),
-    )?;
+    let services = Services::connect_lazy(&config.services)?;
+    let worker = Worker::remote(consumer, services, WorkerConfig::default());
     tracing::info!(topic = %kafka.topic, group = %config.kafka_group, "ingest worker started");
     readiness.set(true);
     worker.run(shutdown).await?;

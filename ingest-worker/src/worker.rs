@@ -10,17 +10,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use allezon_api::{Aggregates, Ids, Profiles, Services};
 use allezon_core::admin;
 use allezon_core::cells::{Fold, FoldInput};
-use allezon_core::client::channel;
 use allezon_core::shutdown::Shutdown;
 use allezon_core::{Action, ErrorKind};
 use allezon_proto::v1 as pb;
 use event_log::{LogConsumer, LogError, Record};
-use pb::aggregate_service_client::AggregateServiceClient;
 use prost::Message;
+use std::sync::Arc;
 use thiserror::Error;
-use tonic::transport::Channel;
 
 use crate::ids::IdCache;
 
@@ -54,6 +53,8 @@ pub enum WorkerError {
     Log(#[from] LogError),
     #[error("aggregate-svc: {0}")]
     Aggregates(tonic::Status),
+    #[error("profile-svc: {0}")]
+    Profiles(tonic::Status),
 }
 
 impl WorkerError {
@@ -61,7 +62,7 @@ impl WorkerError {
     /// or network hiccup. The worker retries them with backoff.
     fn is_transient(&self) -> bool {
         match self {
-            WorkerError::Aggregates(status) => transient(status),
+            WorkerError::Aggregates(status) | WorkerError::Profiles(status) => transient(status),
             WorkerError::Log(LogError::Kafka(_)) => true,
             WorkerError::Log(_) => false,
         }
@@ -71,7 +72,10 @@ impl WorkerError {
 pub struct Worker<C> {
     consumer: C,
     ids: IdCache,
-    aggregates: AggregateServiceClient<Channel>,
+    aggregates: Arc<dyn Aggregates>,
+    /// Set when this worker builds the profiles from the log too (the
+    /// multi-process mode); see [`Worker::building_profiles`].
+    profiles: Option<Arc<dyn Profiles>>,
     config: WorkerConfig,
     /// The consumer generation whose partitions were positioned.
     positioned: Option<u64>,
@@ -97,14 +101,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 impl<C: LogConsumer> Worker<C> {
     pub fn new(
         consumer: C,
-        ids: pb::id_service_client::IdServiceClient<Channel>,
-        aggregates: AggregateServiceClient<Channel>,
+        ids: Arc<dyn Ids>,
+        aggregates: Arc<dyn Aggregates>,
         config: WorkerConfig,
     ) -> Self {
         Self {
             consumer,
             ids: IdCache::new(ids),
             aggregates,
+            profiles: None,
             config,
             positioned: None,
             cuts: BTreeMap::new(),
@@ -114,18 +119,21 @@ impl<C: LogConsumer> Worker<C> {
         }
     }
 
-    /// A worker calling id-svc and aggregate-svc at the given `http://` URIs
-    /// over pooled, lazily connecting channels.
-    pub fn connect(
-        consumer: C,
-        id_svc: &str,
-        aggregate_svc: &str,
-        config: WorkerConfig,
-    ) -> Result<Self, tonic::transport::Error> {
-        let ids = pb::id_service_client::IdServiceClient::new(channel(id_svc)?);
-        let aggregates = AggregateServiceClient::new(channel(aggregate_svc)?)
-            .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES);
-        Ok(Self::new(consumer, ids, aggregates, config))
+    /// Makes this worker write every tag it reads into `profiles` before it
+    /// counts it, and count only the tags the profile store saw first at
+    /// this log position. Then the log is the only write on the request
+    /// path, and a tag is in both views or in neither; a tag sent twice is
+    /// stored once and counted once, through crashes and replays too.
+    pub fn building_profiles(mut self, profiles: Arc<dyn Profiles>) -> Self {
+        self.profiles = Some(profiles);
+        self
+    }
+
+    /// A worker calling the services over gRPC, building profiles as well
+    /// as statistics from the log.
+    pub fn remote(consumer: C, services: Services, config: WorkerConfig) -> Self {
+        Self::new(consumer, services.ids, services.aggregates, config)
+            .building_profiles(services.profiles)
     }
 
     /// Runs until `shutdown`. Transient failures of the services are retried
@@ -252,8 +260,7 @@ impl<C: LogConsumer> Worker<C> {
                 partitions: partitions.clone(),
             })
             .await
-            .map_err(WorkerError::Aggregates)?
-            .into_inner();
+            .map_err(WorkerError::Aggregates)?;
         // Records in hand were read from positions that are now void.
         self.held.clear();
         self.cuts.clear();
@@ -287,7 +294,17 @@ impl<C: LogConsumer> Worker<C> {
             return Ok(());
         };
         let (start, next) = (first.offset, last.offset + 1);
-        let tags: Vec<pb::UserTag> = records.iter().filter_map(decode).collect();
+        let mut tags: Vec<pb::UserTag> = Vec::with_capacity(records.len());
+        let mut offsets: Vec<u64> = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(tag) = decode(record) {
+                tags.push(tag);
+                offsets.push(record.offset);
+            }
+        }
+        if let Some(profiles) = &self.profiles {
+            tags = store_profiles(profiles.as_ref(), partition, tags, &offsets).await?;
+        }
         self.ids
             .resolve(tags.iter().flat_map(|t| names(t).into_iter()))
             .await
@@ -365,6 +382,50 @@ impl<C: LogConsumer> Worker<C> {
     }
 }
 
+/// Writes the batch's tags into the profile store, and keeps the ones it
+/// stored first from these positions: the ones to count.
+async fn store_profiles(
+    profiles: &dyn Profiles,
+    partition: u32,
+    tags: Vec<pb::UserTag>,
+    offsets: &[u64],
+) -> Result<Vec<pb::UserTag>, WorkerError> {
+    if tags.is_empty() {
+        return Ok(tags);
+    }
+    let request = pb::AppendTagsRequest {
+        tags: tags
+            .iter()
+            .zip(offsets)
+            .map(|(tag, &offset)| pb::LoggedTag {
+                tag: Some(tag.clone()),
+                partition,
+                offset,
+            })
+            .collect(),
+    };
+    let first = profiles
+        .append_tags(request)
+        .await
+        .map_err(WorkerError::Profiles)?
+        .first;
+    if first.len() != tags.len() {
+        return Err(WorkerError::Profiles(tonic::Status::internal(
+            "profile-svc answered a different number of tags",
+        )));
+    }
+    let before = tags.len();
+    let counted: Vec<pb::UserTag> = tags
+        .into_iter()
+        .zip(first)
+        .filter_map(|(tag, first)| first.then_some(tag))
+        .collect();
+    metrics()
+        .duplicates
+        .add(i64::try_from(before - counted.len()).unwrap_or(i64::MAX));
+    Ok(counted)
+}
+
 fn decode(record: &Record) -> Option<pb::UserTag> {
     if record.payload == event_log::NOOP_RECORD {
         return None;
@@ -431,6 +492,7 @@ fn transient(status: &tonic::Status) -> bool {
 }
 
 struct Metrics {
+    duplicates: admin::Value,
     batches: admin::Value,
     records: admin::Value,
     conflicts: admin::Value,
@@ -439,6 +501,10 @@ struct Metrics {
 
 fn metrics() -> &'static Metrics {
     static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| Metrics {
+        duplicates: admin::counter(
+            "allezon_worker_duplicate_tags_total",
+            "Tags read from the log but not counted: the same tag was stored earlier in the log.",
+        ),
         batches: admin::counter(
             "allezon_worker_batches_total",
             "Batches applied to aggregate-svc (replays included) and committed.",

@@ -141,6 +141,32 @@ async fn seeks_that_land_late_on_aerospike_cells() {
     kill_and_compare_with(&store, AerospikeAggregateStore::new(cluster), true).await;
 }
 
+/// The multi-process mode: the worker builds the profiles too, from a log
+/// in which one tag in seven appears twice (a client that retried). Each
+/// tag must end up stored once and counted once, through the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_tags_are_stored_and_counted_once_through_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let aggregates = EmbeddedAggregateStore::open(&store).unwrap();
+    run_and_compare(
+        &store,
+        aggregates,
+        Mode {
+            late_seeks: false,
+            profiles: true,
+        },
+    )
+    .await;
+}
+
+#[derive(Clone, Copy)]
+struct Mode {
+    late_seeks: bool,
+    /// The worker writes profiles (and the log holds retried tags).
+    profiles: bool,
+}
+
 async fn kill_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S) {
     kill_and_compare_with(store, aggregates, false).await;
 }
@@ -150,14 +176,41 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
     aggregates: S,
     late_seeks: bool,
 ) {
+    let mode = Mode {
+        late_seeks,
+        profiles: false,
+    };
+    run_and_compare(store, aggregates, mode).await;
+}
+
+/// The tags the log holds, in order: every tag, and with `retries` a second
+/// copy of one tag in seven, 50 tags after the first.
+fn logged_tags(retries: bool) -> Vec<pb::UserTag> {
+    let mut out = Vec::new();
+    for n in 0..TAGS {
+        out.push(tag(n));
+        if retries && n >= 50 && (n - 50) % 7 == 0 {
+            out.push(tag(n - 50));
+        }
+    }
+    out
+}
+
+async fn run_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S, mode: Mode) {
+    let Mode {
+        late_seeks,
+        profiles,
+    } = mode;
     let log = EmbeddedLog::open(store, 2).unwrap();
     let ids = EmbeddedIdStore::open(store).unwrap();
+    let profile_store = profile_svc::EmbeddedProfileStore::open(store).unwrap();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let services = Shutdown::new();
     let routes = Routes::new(aggregate_svc::service(Arc::new(aggregates.clone())))
-        .add_service(id_svc::service(ids.clone()));
+        .add_service(id_svc::service(ids.clone()))
+        .add_service(profile_svc::service(profile_store.clone()));
     tokio::spawn(allezon_core::grpc::serve(
         listener,
         routes,
@@ -168,8 +221,7 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
         .unwrap()
         .connect_lazy();
 
-    for n in 0..TAGS {
-        let t = tag(n);
+    for t in logged_tags(profiles) {
         let event = pb::TagEvent {
             tag: Some(t.clone()),
             traceparent: String::new(),
@@ -187,9 +239,23 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
     };
     let mut kills = 0;
     loop {
-        let ids_client = pb::id_service_client::IdServiceClient::new(channel.clone());
-        let aggregates_client =
-            pb::aggregate_service_client::AggregateServiceClient::new(channel.clone());
+        // Over gRPC, as in the multi-process mode: a kill may also land
+        // between a call's send and its answer.
+        let ids_client: Arc<dyn allezon_api::Ids> =
+            Arc::new(pb::id_service_client::IdServiceClient::new(channel.clone()));
+        let aggregates_client: Arc<dyn allezon_api::Aggregates> = Arc::new(
+            pb::aggregate_service_client::AggregateServiceClient::new(channel.clone()),
+        );
+        let profiles_client: Arc<dyn allezon_api::Profiles> = Arc::new(
+            pb::profile_service_client::ProfileServiceClient::new(channel.clone()),
+        );
+        let build = |worker: Worker<_>| {
+            if profiles {
+                worker.building_profiles(profiles_client.clone())
+            } else {
+                worker
+            }
+        };
         let consumer = log.consumer("ingest").unwrap();
         let shutdown = Shutdown::new();
         let task = if late_seeks {
@@ -198,10 +264,20 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
                 due: Vec::new(),
                 seeks: BTreeMap::new(),
             };
-            let worker = Worker::new(consumer, ids_client, aggregates_client, config.clone());
+            let worker = Worker::new(
+                consumer,
+                ids_client.clone(),
+                aggregates_client.clone(),
+                config.clone(),
+            );
             tokio::spawn(worker.run(shutdown.clone()))
         } else {
-            let worker = Worker::new(consumer, ids_client, aggregates_client, config.clone());
+            let worker = build(Worker::new(
+                consumer,
+                ids_client.clone(),
+                aggregates_client.clone(),
+                config.clone(),
+            ));
             tokio::spawn(worker.run(shutdown.clone()))
         };
         // A pseudo-random lifetime of 1 to 40 ms, then a hard abort: the task
@@ -280,6 +356,28 @@ async fn kill_and_compare_with<S: AggregateStore + Clone>(
                     }
                     assert_eq!(got, want, "{filter:?}");
                 }
+            }
+        }
+    }
+    if profiles {
+        // Every tag stored once, in its cookie's profile.
+        let all = allezon_core::query::TimeRange {
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+        };
+        for cookie in 0..97 {
+            let cookie = format!("c{cookie}");
+            for action in Action::ALL {
+                let mut want: Vec<pb::UserTag> = (0..TAGS)
+                    .map(tag)
+                    .filter(|t| t.cookie == cookie && Action::try_from(t.action).unwrap() == action)
+                    .collect();
+                want.sort_by_key(|t| std::cmp::Reverse(t.time_ms));
+                let got =
+                    profile_svc::ProfileStore::query(&profile_store, &cookie, action, all, 200)
+                        .await
+                        .unwrap();
+                assert_eq!(got, want, "{cookie} {action:?}");
             }
         }
     }

@@ -9,7 +9,7 @@ use allezon_proto::v1 as pb;
 use pb::profile_service_server::ProfileService;
 use tonic::{Request, Response, Status};
 
-use crate::store::{KEEP_PER_ACTION, ProfileStore};
+use crate::store::{KEEP_PER_ACTION, Logged, ProfileStore};
 
 pub struct ProfileGrpc<S> {
     store: Arc<S>,
@@ -25,16 +25,29 @@ impl<S> ProfileGrpc<S> {
 
 #[tonic::async_trait]
 impl<S: ProfileStore> ProfileService for ProfileGrpc<S> {
-    async fn append_tag(
+    async fn append_tags(
         &self,
-        request: Request<pb::AppendTagRequest>,
-    ) -> Result<Response<pb::AppendTagResponse>, Status> {
-        let tag = request
+        request: Request<pb::AppendTagsRequest>,
+    ) -> Result<Response<pb::AppendTagsResponse>, Status> {
+        let tags = request
             .into_inner()
-            .tag
-            .ok_or_else(|| Error::invalid("tag", "missing"))?;
-        self.store.append(UserTag::try_from(tag)?).await?;
-        Ok(Response::new(pb::AppendTagResponse {}))
+            .tags
+            .into_iter()
+            .map(|logged| {
+                let tag = logged.tag.ok_or_else(|| Error::invalid("tag", "missing"))?;
+                // Validated as the gateway does, then stored in the same form.
+                let tag = pb::UserTag::from(UserTag::try_from(tag)?);
+                Ok(Logged {
+                    tag,
+                    origin: pb::TagOrigin {
+                        log_partition: Some(logged.partition),
+                        log_offset: Some(logged.offset),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let first = self.store.append_logged(tags).await?;
+        Ok(Response::new(pb::AppendTagsResponse { first }))
     }
 
     async fn get_profile(

@@ -11,7 +11,10 @@ mod group_commit;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+/// An atomic batch of writes across keyspaces (fjall calls it `OwnedWriteBatch`).
+pub use fjall::OwnedWriteBatch as WriteBatch;
 pub use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode};
 use thiserror::Error;
 
@@ -28,6 +31,8 @@ pub enum StoreError {
     },
     #[error("journal sync failed; the store accepts no more writes")]
     SyncFailed,
+    #[error("write refused: an injected fault")]
+    Injected,
 }
 
 /// A handle to one embedded database; clones share it.
@@ -35,6 +40,8 @@ pub enum StoreError {
 pub struct Store {
     db: fjall::Database,
     commit: Arc<GroupCommit>,
+    /// Writes still to fail on purpose (see [`Store::inject_write_errors`]).
+    faults: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -50,7 +57,11 @@ impl Store {
             .manual_journal_persist(true)
             .open()?;
         let commit = Arc::new(GroupCommit::start(db.clone()));
-        Ok(Self { db, commit })
+        Ok(Self {
+            db,
+            commit,
+            faults: Arc::default(),
+        })
     }
 
     /// Opens (or creates) a keyspace, the engine's column family.
@@ -60,6 +71,28 @@ impl Store {
 
     pub fn database(&self) -> &fjall::Database {
         &self.db
+    }
+
+    /// Makes the next `count` writes that ask [`Store::check_write`] fail,
+    /// as a full or failing disk would. For fault tests: the engine itself
+    /// offers no way to make a write fail on purpose.
+    pub fn inject_write_errors(&self, count: u64) {
+        self.faults.store(count, Ordering::Release);
+    }
+
+    /// Fails if a write fault is injected; writers on the request path call
+    /// it before they commit. One atomic load when no fault is set.
+    pub fn check_write(&self) -> Result<(), StoreError> {
+        let take = |n: u64| n.checked_sub(1);
+        if self.faults.load(Ordering::Acquire) > 0
+            && self
+                .faults
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, take)
+                .is_ok()
+        {
+            return Err(StoreError::Injected);
+        }
+        Ok(())
     }
 
     /// Returns once everything this task wrote before the call is durable.

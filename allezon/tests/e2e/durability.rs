@@ -65,6 +65,9 @@ async fn kill_9_loses_no_acknowledged_tag() {
         post_tag(&client, &server, &tag("after", "BUY", 1, 1)).await,
         204
     );
+    // Every tag in the profiles, acknowledged or caught in flight by the
+    // kill: the statistics must count exactly these.
+    let mut in_profiles = (0i64, 0i64);
     for c in 0..COOKIES {
         let cookie = format!("cookie_{c}");
         let got = profile(&client, &server, &cookie, 0, 1_000_000, Some(200)).await;
@@ -81,5 +84,35 @@ async fn kill_9_loses_no_acknowledged_tag() {
                 "acknowledged tag {n} of {cookie} lost"
             );
         }
+        in_profiles.0 += stored.len() as i64;
+        in_profiles.1 += stored.iter().sum::<i64>();
     }
+    // All of them sit in the first minute (tag `n` is at `n` ms).
+    let counted = || async {
+        let url = server.url(
+            "/aggregates?time_range=2022-03-01T00:00:00_2022-03-01T00:01:00\
+             &action=VIEW&aggregates=COUNT&aggregates=SUM_PRICE",
+        );
+        let answer: serde_json::Value =
+            client.post(url).send().await.unwrap().json().await.unwrap();
+        let cell = |i: usize| {
+            answer["rows"][0][i]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        };
+        (cell(2), cell(3))
+    };
+    crate::support::eventually(std::time::Duration::from_secs(30), || async {
+        counted().await.0 >= in_profiles.0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        counted().await,
+        in_profiles,
+        "the statistics disagree with the profiles after kill -9"
+    );
+    assert!(in_profiles.0 >= acked.len() as i64);
 }

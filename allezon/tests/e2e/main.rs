@@ -8,6 +8,7 @@
 
 mod aggregates;
 mod bad_input;
+mod consistency;
 mod durability;
 mod multiprocess;
 mod outliers;

@@ -1,8 +1,10 @@
 //! Multi-process mode: gateway, profile-svc, aggregate-svc, id-svc and two
 //! ingest workers as separate processes, talking only over gRPC and Kafka
 //! (tansu on loopback, from `scripts/test.sh`), with the embedded stores.
-//! One worker is killed with SIGKILL mid-run and restarted; the answers must
-//! still be exact.
+//! The gateway only appends to the log; the workers build profiles and
+//! statistics from it. One worker is killed with SIGKILL mid-run and
+//! restarted, some tags are sent twice, and profile-svc is stopped and
+//! started again; the answers must still be exact, and the two views agree.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -106,19 +108,21 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     let (profile_port, aggregate_port, id_port) = (free_port(), free_port(), free_port());
     let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
 
+    let service_args = |port: u16, dir: &str| {
+        [
+            s("--grpc-addr"),
+            format!("127.0.0.1:{port}"),
+            s("--data-dir"),
+            data(dir),
+        ]
+    };
     let mut services = Vec::new();
     for (bin, port, dir) in [
         ("profile-svc", profile_port, "profiles"),
         ("aggregate-svc", aggregate_port, "aggregates"),
         ("id-svc", id_port, "ids"),
     ] {
-        let args = [
-            s("--grpc-addr"),
-            format!("127.0.0.1:{port}"),
-            s("--data-dir"),
-            data(dir),
-        ];
-        services.push(Proc(spawn(bin, &args)));
+        services.push(Proc(spawn(bin, &service_args(port, dir))));
     }
     let worker_args = |instance: &str, admin: u16| {
         vec![
@@ -132,6 +136,8 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             format!("workers-{topic}"),
             s("--kafka-create-partitions"),
             s(4),
+            s("--profile-svc"),
+            endpoint(profile_port),
             s("--aggregate-svc"),
             endpoint(aggregate_port),
             s("--id-svc"),
@@ -164,8 +170,6 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             endpoint(aggregate_port),
             s("--id-svc"),
             endpoint(id_port),
-            s("--data-dir"),
-            data("gateway"),
         ],
     );
     let server = Server::attach(gateway, format!("http://127.0.0.1:{http_port}"));
@@ -195,20 +199,42 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     for (_, t) in &tags[120..] {
         assert_eq!(post_tag(&client, &server, t).await, 204, "{t}");
     }
+    // A client that retried: the same tags again, stored and counted once.
+    for (_, t) in &tags[..40] {
+        assert_eq!(post_tag(&client, &server, t).await, 204, "{t}");
+    }
     // Restarted with its identity, the worker takes its partitions back.
     let _worker_a = Proc(spawn("ingest-worker", &worker_args("a", free_port())));
 
-    // Profiles: exact, through the gateway.
-    for c in 0..12 {
-        let cookie = format!("cookie{c}");
-        let of_cookie: Vec<(i64, Value)> = tags
-            .iter()
-            .filter(|(_, t)| t["cookie"] == cookie.as_str())
-            .cloned()
-            .collect();
-        let got = profile(&client, &server, &cookie, 0, 360_000, None).await;
-        assert_eq!(got, expected_profile(&cookie, &of_cookie, 0, 360_000, 200));
+    // profile-svc down: tags are still accepted (the log has them), and
+    // counted only once profile-svc is back, in both views at once.
+    services[0].kill9();
+    let outage: Vec<(i64, Value)> = (0..20)
+        .map(|n| {
+            let ms = 300_000 + n * 1_000;
+            (ms, tag(&format!("outage{}", n % 3), "VIEW", ms, 1_000 + n))
+        })
+        .collect();
+    for (_, t) in &outage {
+        assert_eq!(post_tag(&client, &server, t).await, 204, "{t}");
     }
+    let status = client
+        .post(
+            server.url("/user_profiles/outage0?time_range=2022-03-01T00:00:00_2022-03-01T00:10:00"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(
+        status.is_server_error(),
+        "a profile answered without profile-svc: {status}"
+    );
+    services[0] = Proc(spawn(
+        "profile-svc",
+        &service_args(profile_port, "profiles"),
+    ));
+    let tags: Vec<(i64, Value)> = tags.into_iter().chain(outage).collect();
 
     // Aggregates: once every tag is folded, exact for several filters.
     let all = Query {
@@ -221,7 +247,9 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
         category: None,
     };
     let want = all.expected(&tags);
-    eventually(Duration::from_secs(60), || {
+    // Generous: a restarted worker and a restarted profile-svc both have to
+    // be picked up, on a shared 2-core machine.
+    eventually(Duration::from_secs(120), || {
         let (client, server, want) = (&client, &server, &want);
         async move { query(client, server, &all).await == *want }
     })
@@ -257,6 +285,21 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
         );
     }
 
+    // Profiles: exact, through the gateway, now that the workers have read
+    // every tag (the aggregates above say so).
+    let cookies = (0..12)
+        .map(|c| format!("cookie{c}"))
+        .chain((0..3).map(|c| format!("outage{c}")));
+    for cookie in cookies {
+        let of_cookie: Vec<(i64, Value)> = tags
+            .iter()
+            .filter(|(_, t)| t["cookie"] == cookie.as_str())
+            .cloned()
+            .collect();
+        let got = profile(&client, &server, &cookie, 0, 360_000, None).await;
+        assert_eq!(got, expected_profile(&cookie, &of_cookie, 0, 360_000, 200));
+    }
+
     // The admin port exports what the gateway and the workers did.
     let metrics = client
         .get(format!("http://127.0.0.1:{gateway_admin}/metrics"))
@@ -267,7 +310,7 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("allezon_tags_total{result=\"accepted\"} 240"),
+        metrics.contains("allezon_tags_total{result=\"accepted\"} 300"),
         "{metrics}"
     );
     drop(services);

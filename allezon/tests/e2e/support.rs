@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 /// A running `allezon` process.
 pub struct Server {
-    child: Child,
+    child: Option<Child>,
     pub base: String,
 }
 
@@ -45,19 +45,29 @@ impl Server {
         };
         Server {
             base: format!("http://{http}"),
-            child,
+            child: Some(child),
         }
     }
 
     /// A process started elsewhere that serves the REST API at `base`.
     pub fn attach(child: Child, base: String) -> Server {
-        Server { child, base }
+        Server {
+            child: Some(child),
+            base,
+        }
+    }
+
+    /// A server running inside the test process (`allezon::start`), which
+    /// the test itself stops.
+    pub fn in_process(base: String) -> Server {
+        Server { child: None, base }
     }
 
     /// `kill -9`: no shutdown hook runs, nothing is flushed.
     pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+        let mut child = self.child.take().expect("a process of its own");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -67,8 +77,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

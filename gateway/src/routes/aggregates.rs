@@ -2,7 +2,6 @@
 //! [&brand_id=..][&category_id=..]`.
 
 use allezon_core::Error;
-use allezon_core::client::retry;
 use allezon_core::query::{Aggregate, AggregateQuery};
 use allezon_core::time::format_bucket;
 use allezon_proto::v1 as pb;
@@ -79,13 +78,7 @@ async fn totals(backends: &Backends, query: &AggregateQuery) -> Result<Vec<(u64,
                 })
                 .collect(),
         };
-        retry(|| {
-            let (mut client, request) = (backends.ids.clone(), request.clone());
-            async move { client.lookup_ids(request).await }
-        })
-        .await?
-        .into_inner()
-        .ids
+        backends.services.ids.lookup_ids(request).await?.ids
     };
     // A name without an id was never counted: every minute is zero.
     if ids.contains(&0) {
@@ -106,12 +99,11 @@ async fn totals(backends: &Backends, query: &AggregateQuery) -> Result<Vec<(u64,
         from_minute: query.from_minute,
         to_minute: query.to_minute,
     };
-    let answer = retry(|| {
-        let mut client = backends.aggregates.clone();
-        async move { client.query_aggregates(request).await }
-    })
-    .await?
-    .into_inner();
+    let answer = backends
+        .services
+        .aggregates
+        .query_aggregates(request)
+        .await?;
     if answer.minutes.len() != minutes {
         return Err(Error::internal("aggregate-svc answered a different number of minutes").into());
     }

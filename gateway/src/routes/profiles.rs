@@ -1,6 +1,5 @@
 //! `POST /user_profiles/{cookie}?time_range=<from>_<to>[&limit=<n>]`.
 
-use allezon_core::client::retry;
 use allezon_core::query::ProfileQuery;
 use allezon_core::tag::MAX_COOKIE_LEN;
 use allezon_core::{Error, UserTag};
@@ -45,12 +44,7 @@ pub async fn post_user_profile(
         to_ms: query.range.to_ms,
         limit: query.limit,
     };
-    let profile = retry(|| {
-        let (mut client, request) = (backends.profiles.clone(), request.clone());
-        async move { client.get_profile(request).await }
-    })
-    .await?
-    .into_inner();
+    let profile = backends.services.profiles.get_profile(request).await?;
     Ok(Json(ProfileBody {
         cookie,
         views: to_domain(profile.views)?,

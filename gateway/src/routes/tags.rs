@@ -1,17 +1,17 @@
-//! `POST /user_tags`: validate, store durably in the profile store and the
-//! event log, then answer 204.
+//! `POST /user_tags`: validate, make durable through the [`TagWriter`],
+//! then answer 204.
+//!
+//! [`TagWriter`]: crate::TagWriter
 
 use std::sync::LazyLock;
 
 use allezon_core::admin;
-use allezon_core::client::retry;
 use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use http::{HeaderMap, StatusCode};
-use prost::Message;
 
 use crate::backends::Backends;
 use crate::error::{ApiError, body_error};
@@ -38,44 +38,20 @@ pub async fn post_user_tag(
     check_not_future(tag.time_ms, now_ms())?;
     let tag: pb::UserTag = tag.into();
     let traceparent = traceparent(&headers);
-    let event = pb::TagEvent {
-        tag: Some(tag.clone()),
-        traceparent: traceparent.clone().unwrap_or_default(),
-    }
-    .encode_to_vec();
-    // Both writes run at once and each returns only when durable, so a 204
-    // means the tag survives a crash of any process, in profiles and in
-    // the statistics alike.
+    // The write returns only once durable, so a 204 means the tag survives a
+    // crash of any process, in profiles and in the statistics alike.
     //
-    // The writes run in their own task: a client that gives up (they wait
-    // 200 ms) must not cancel a write half-way, and cancelled gRPC calls
-    // reset HTTP/2 streams, which in numbers make the services' HTTP/2 layer
-    // drop the whole connection.
-    let profiles = backends.profiles.clone();
-    let cookie = tag.cookie.clone();
-    let log = backends.log.append(&cookie, event, traceparent);
-    let writes = tokio::spawn(async move {
-        tokio::join!(
-            // Safe to repeat: an identical tag is stored once.
-            retry(|| {
-                let mut client = profiles.clone();
-                let request = pb::AppendTagRequest {
-                    tag: Some(tag.clone()),
-                };
-                async move { client.append_tag(request).await }
-            }),
-            log
-        )
-    });
-    let (profile, log) = writes
+    // It runs in its own task: a client that gives up (they wait 200 ms)
+    // must not cancel a write half-way, and cancelled gRPC calls reset
+    // HTTP/2 streams, which in numbers make the services' HTTP/2 layer drop
+    // the whole connection.
+    let write = backends.tags.write(tag, traceparent);
+    let written = tokio::spawn(write)
         .await
         .map_err(|err| Error::internal(format!("tag write task failed: {err}")))?;
-    if let Err(err) = profile
-        .map_err(ApiError::from)
-        .and(log.map_err(ApiError::from))
-    {
+    if let Err(err) = written {
         FAILED.inc();
-        return Err(err);
+        return Err(err.into());
     }
     ACCEPTED.inc();
     Ok(StatusCode::NO_CONTENT)

@@ -11,16 +11,19 @@
 //! for at most `limit` entries just below the range's end (a key-relative
 //! index range), so it never ships more than the answer.
 
+use std::collections::HashMap;
+
 use aerospike::operations::{MapOrder, maps};
 use aerospike::{MapPolicy, MapReturnType, MapWriteFlags, Value};
 use allezon_aerospike::{Cluster, aerospike, to_error};
 use allezon_core::query::TimeRange;
 use allezon_core::{Action, Error, Result, UserTag};
 use allezon_proto::v1 as pb;
+use futures::StreamExt;
 use prost::Message;
 
 use super::key::{encode_time, fnv1a};
-use super::{KEEP_PER_ACTION, ProfileStore, Tags};
+use super::{KEEP_PER_ACTION, Logged, ProfileStore, Tags};
 
 const SET: &str = "profiles";
 
@@ -58,8 +61,80 @@ fn time_of(key: &Value) -> Option<i64> {
 }
 
 const KEEP: i64 = KEEP_PER_ACTION as i64;
+/// Cookies written at once by one `append_logged`.
+const APPEND_CONCURRENCY: usize = 64;
+
+impl AerospikeProfileStore {
+    /// One logged tag: created only if absent, then read back, then the
+    /// trim, in one atomic `operate`. The value read back carries the origin
+    /// of whichever copy was stored first.
+    async fn append_one(&self, logged: &Logged) -> Result<bool> {
+        let tag = &logged.tag;
+        let key = self.cluster.key(&self.set, tag.cookie.as_str())?;
+        let action = Action::try_from(tag.action)?;
+        let mut value = tag.encode_to_vec();
+        let entry = map_key(tag.time_ms, fnv1a(&value));
+        // After the tag's own encoding: see `TagOrigin`.
+        value.extend_from_slice(&logged.origin.encode_to_vec());
+        let policy = MapPolicy::new(
+            MapOrder::KeyOrdered,
+            MapWriteFlags::CREATE_ONLY | MapWriteFlags::NO_FAIL,
+        );
+        let ops = [
+            maps::put(&policy, bin(action), entry.clone(), Value::Blob(value)),
+            maps::get_by_key(bin(action), entry, MapReturnType::VALUE),
+            maps::remove_by_index_range_from(bin(action), -KEEP, MapReturnType::NONE.inverted()),
+        ];
+        let mut write = self.cluster.write_policy();
+        write.expiration = aerospike::policy::Expiration::NamespaceDefault;
+        // Every operation answers, so the read is found by its place.
+        write.respond_per_each_op = true;
+        let record = self
+            .cluster
+            .client()
+            .operate(&write, &key, &ops)
+            .await
+            .map_err(to_error)?;
+        match record.results.as_deref() {
+            Some([_, Value::Blob(stored), ..]) => {
+                let stored = pb::TagOrigin::decode(stored.as_slice()).unwrap_or_default();
+                Ok(stored == logged.origin)
+            }
+            other => Err(Error::internal(format!(
+                "aerospike: unexpected profile append reply {other:?}"
+            ))),
+        }
+    }
+}
 
 impl ProfileStore for AerospikeProfileStore {
+    async fn append_logged(&self, tags: Vec<Logged>) -> Result<Vec<bool>> {
+        // A cookie's tags in log order, one after another, so a duplicate in
+        // the same call finds its first copy; cookies side by side.
+        let mut by_cookie: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, logged) in tags.iter().enumerate() {
+            by_cookie
+                .entry(logged.tag.cookie.as_str())
+                .or_default()
+                .push(i);
+        }
+        let runs = by_cookie.into_values().map(|indices| async {
+            let mut out = Vec::with_capacity(indices.len());
+            for i in indices {
+                out.push((i, self.append_one(&tags[i]).await?));
+            }
+            Ok::<_, Error>(out)
+        });
+        let mut first = vec![false; tags.len()];
+        let mut runs = futures::stream::iter(runs).buffer_unordered(APPEND_CONCURRENCY);
+        while let Some(run) = runs.next().await {
+            for (i, is_first) in run? {
+                first[i] = is_first;
+            }
+        }
+        Ok(first)
+    }
+
     async fn append(&self, tag: UserTag) -> Result<()> {
         let key = self.cluster.key(&self.set, tag.cookie.as_str())?;
         let (action, time_ms) = (tag.action, tag.time_ms);

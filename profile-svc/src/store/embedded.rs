@@ -4,11 +4,16 @@
 use allezon_core::query::TimeRange;
 use allezon_core::{Action, Error, Result, UserTag};
 use allezon_proto::v1 as pb;
-use allezon_storage::{Keyspace, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use allezon_storage::{Keyspace, Store, StoreError, WriteBatch};
 use prost::Message;
 
 use super::key::{self, fnv1a, tag_key, time_of};
-use super::{KEEP_PER_ACTION, ProfileStore, Tags};
+use super::{KEEP_PER_ACTION, Logged, ProfileStore, Tags};
 
 /// One append in this many also trims its cookie and action back to the
 /// newest [`KEEP_PER_ACTION`]. The choice rides on the tag's hash, so it needs
@@ -20,57 +25,196 @@ const TRIM_EVERY: u64 = 16;
 pub struct EmbeddedProfileStore {
     store: Store,
     tags: Keyspace,
+    trims: Arc<Trimmer>,
+    /// Orders [`ProfileStore::append_logged`] calls: each checks what is
+    /// stored, then writes, and two at once could both find a tag new.
+    logged: Arc<Mutex<()>>,
+}
+
+/// Trims run on their own thread: a trim scans a cookie's keys and deletes
+/// the stale ones, which is engine work that must not hold an async worker
+/// or the caller's lock. The queue is bounded; a trim that does not fit is
+/// dropped, and a later append of the same cookie asks again.
+struct Trimmer {
+    queue: Option<SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Cookies waiting for a trim.
+const TRIM_QUEUE: usize = 4_096;
+
+impl Trimmer {
+    fn start(store: Store, tags: Keyspace) -> std::io::Result<Self> {
+        let (queue, prefixes) = sync_channel::<Vec<u8>>(TRIM_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("profile-trim".into())
+            .spawn(move || {
+                for prefix in prefixes {
+                    if let Err(err) = trim(&store, &tags, &prefix) {
+                        tracing::warn!(%err, "profile trim failed; a later append redoes it");
+                    }
+                }
+            })?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    fn request(&self, prefix: Vec<u8>) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.try_send(prefix);
+        }
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread; joining it releases its engine
+        // handle, so the directory can be reopened as soon as the store is
+        // dropped.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Deletes every tag of `prefix` below the newest [`KEEP_PER_ACTION`].
+///
+/// Safe under concurrent appends: a tag's rank (how many newer tags exist)
+/// only grows, so once past the limit it stays past it.
+fn trim(store: &Store, tags: &Keyspace, prefix: &[u8]) -> Result<(), StoreError> {
+    let stale = tags
+        .prefix(prefix)
+        .rev()
+        .skip(KEEP_PER_ACTION)
+        .map(|guard| guard.key())
+        .collect::<Result<Vec<_>, _>>()?;
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut batch = store.database().batch();
+    for key in stale {
+        batch.remove(tags, key);
+    }
+    // Not synced on purpose: a trim lost in a crash is redone later.
+    batch.commit()?;
+    Ok(())
+}
+
+/// A tag's key and value (its encoding), and the hash that both carry.
+struct Entry {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    action: Action,
+    hash: u64,
+}
+
+impl Entry {
+    fn of(tag: &pb::UserTag) -> Self {
+        let action = Action::try_from(tag.action).unwrap_or(Action::View);
+        let value = tag.encode_to_vec();
+        let hash = fnv1a(&value);
+        Self {
+            key: tag_key(&tag.cookie, action, tag.time_ms, hash),
+            value,
+            action,
+            hash,
+        }
+    }
 }
 
 impl EmbeddedProfileStore {
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let tags = store.keyspace("profiles")?;
+        let trims =
+            Trimmer::start(store.clone(), tags.clone()).map_err(|source| StoreError::DataDir {
+                path: "profile trim thread".into(),
+                source,
+            })?;
         Ok(Self {
             store: store.clone(),
-            tags: store.keyspace("profiles")?,
+            tags,
+            trims: Arc::new(trims),
+            logged: Arc::default(),
         })
     }
 
-    /// Deletes every tag of `prefix` below the newest [`KEEP_PER_ACTION`].
-    ///
-    /// Safe under concurrent appends: a tag's rank (how many newer tags
-    /// exist) only grows, so once past the limit it stays past it.
-    fn trim(&self, prefix: &[u8]) -> Result<(), StoreError> {
-        let stale = self
-            .tags
-            .prefix(prefix)
-            .rev()
-            .skip(KEEP_PER_ACTION)
-            .map(|guard| guard.key())
-            .collect::<Result<Vec<_>, _>>()?;
-        if stale.is_empty() {
-            return Ok(());
+    fn insert(&self, batch: &mut WriteBatch, tag: &pb::UserTag, entry: Entry) {
+        batch.insert(&self.tags, entry.key, entry.value);
+        if entry.hash.is_multiple_of(TRIM_EVERY) {
+            self.trims.request(key::prefix(&tag.cookie, entry.action));
         }
+    }
+
+    /// The blocking half of [`ProfileStore::append_logged`]: checks and
+    /// writes one batch, without waiting for its sync.
+    fn stage_logged(&self, tags: Vec<Logged>) -> Result<Vec<bool>, StoreError> {
+        let _serial = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = self.store.database().batch();
-        for key in stale {
-            batch.remove(&self.tags, key);
+        // A batch's own writes are not readable before it commits.
+        let mut staged: HashMap<Vec<u8>, pb::TagOrigin> = HashMap::new();
+        let mut first = Vec::with_capacity(tags.len());
+        for Logged { tag, origin } in tags {
+            let mut entry = Entry::of(&tag);
+            let stored = match staged.get(&entry.key) {
+                Some(origin) => Some(*origin),
+                None => self
+                    .tags
+                    .get(&entry.key)?
+                    .map(|value| pb::TagOrigin::decode(&*value).unwrap_or_default()),
+            };
+            match stored {
+                Some(stored) => first.push(stored == origin),
+                None => {
+                    // After the tag's own encoding: see `TagOrigin`.
+                    entry.value.extend_from_slice(&origin.encode_to_vec());
+                    staged.insert(entry.key.clone(), origin);
+                    self.insert(&mut batch, &tag, entry);
+                    first.push(true);
+                }
+            }
         }
-        // Not synced on purpose: a trim lost in a crash is redone later.
+        self.store.check_write()?;
         batch.commit()?;
-        Ok(())
+        Ok(first)
+    }
+
+    /// Puts `tag` into `batch`, unless the store holds it already: then
+    /// nothing is staged and the answer is `false`. The caller commits the
+    /// batch and waits for its sync. Two stagings of one tag must not run
+    /// at once (the caller's lock orders them), or both may answer `true`.
+    pub fn stage(&self, batch: &mut WriteBatch, tag: &pb::UserTag) -> Result<bool, StoreError> {
+        let entry = Entry::of(tag);
+        if self.tags.contains_key(&entry.key)? {
+            return Ok(false);
+        }
+        self.insert(batch, tag, entry);
+        Ok(true)
     }
 }
 
 impl ProfileStore for EmbeddedProfileStore {
     async fn append(&self, tag: UserTag) -> Result<()> {
-        let prefix = key::prefix(&tag.cookie, tag.action);
-        // The key is built before the tag moves into its encoding; the hash
-        // of that encoding fills its last bytes.
-        let mut key = tag_key(&tag.cookie, tag.action, tag.time_ms, 0);
-        let value = pb::UserTag::from(tag).encode_to_vec();
-        let hash = fnv1a(&value);
-        let hash_at = key.len() - key::HASH_LEN;
-        key[hash_at..].copy_from_slice(&hash.to_be_bytes());
-
-        self.tags.insert(key, value).map_err(storage_error)?;
-        if hash.is_multiple_of(TRIM_EVERY) {
-            self.trim(&prefix).map_err(storage_error)?;
-        }
+        let tag = pb::UserTag::from(tag);
+        let mut batch = self.store.database().batch();
+        // A duplicate stages nothing, and still waits for the sync below: the
+        // first copy may not be durable yet.
+        self.stage(&mut batch, &tag).map_err(storage_error)?;
+        self.store.check_write().map_err(storage_error)?;
+        batch.commit().map_err(storage_error)?;
         self.store.sync().await.map_err(storage_error)
+    }
+
+    async fn append_logged(&self, tags: Vec<Logged>) -> Result<Vec<bool>> {
+        let this = self.clone();
+        let first = tokio::task::spawn_blocking(move || this.stage_logged(tags))
+            .await
+            .map_err(|err| Error::internal(format!("profile write task failed: {err}")))?
+            .map_err(storage_error)?;
+        self.store.sync().await.map_err(storage_error)?;
+        Ok(first)
     }
 
     async fn query(
@@ -222,9 +366,16 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let stored = store.tags.prefix(key::prefix("c", Action::View)).count();
-        // One append in TRIM_EVERY trims; the hash makes that pseudo-random,
-        // so allow a generous tail above the 200 kept.
-        assert!((200..400).contains(&stored), "{stored} tags on disk");
+        // One append in TRIM_EVERY asks for a trim; the hash makes that
+        // pseudo-random, so allow a generous tail above the 200 kept. Trims
+        // run on their own thread: give it time.
+        let stored = || store.tags.prefix(key::prefix("c", Action::View)).count();
+        for _ in 0..500 {
+            if stored() < 400 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!((200..400).contains(&stored()), "{} tags on disk", stored());
     }
 }

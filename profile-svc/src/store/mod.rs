@@ -20,10 +20,25 @@ pub const KEEP_PER_ACTION: usize = allezon_core::query::PROFILE_KEEP as usize;
 /// A cookie's tags of one action, newest first.
 pub type Tags = Vec<pb::UserTag>;
 
+/// A tag read from the event log, validated, and where it was read.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub tag: pb::UserTag,
+    pub origin: pb::TagOrigin,
+}
+
 pub trait ProfileStore: Send + Sync + 'static {
     /// Stores `tag`, durably, before returning. Appending the same tag twice
     /// (a client retry) stores it once.
     fn append(&self, tag: UserTag) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stores tags read from the log, in order, durably, before returning.
+    /// Per tag: `true` when it is stored from this origin (now, or by an
+    /// earlier call with the same origin: a replay), `false` when it was
+    /// stored from another one (a duplicate further on in the log). So each
+    /// distinct tag is `true` at exactly one log position, which is where
+    /// the worker counts it.
+    fn append_logged(&self, tags: Vec<Logged>) -> impl Future<Output = Result<Vec<bool>>> + Send;
 
     /// The newest `limit` tags of `action` with time in `range`, newest first,
     /// drawn only from the newest [`KEEP_PER_ACTION`] tags of that action.
