@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Our share of the machine: the all-in-one against the bare reference server
+# (gateway/examples/bare_tags.rs: the same tag parser, answers 204, stores
+# nothing), under the same wrk load, alternating, in one run. Loopback only;
+# every load is bounded in time.
+#
+#   ./scripts/bench-ceiling.sh                 # 64 and 256 connections, 15 s each
+#   DURATION=30s CONNECTIONS="64 256" ROUNDS=2 ./scripts/bench-ceiling.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+DURATION="${DURATION:-15s}"
+CONNECTIONS="${CONNECTIONS:-64 256}"
+ROUNDS="${ROUNDS:-1}"
+command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 1; }
+
+cargo build --release -p allezon >&2
+cargo build --release -p gateway --example bare_tags >&2
+PORT=$(free_port); GRPC=$(free_port); BARE=$(free_port)
+DATA=$(mktemp -d)
+RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$PORT" \
+  --grpc-addr "127.0.0.1:$GRPC" --data-dir "$DATA" >/dev/null &
+ALLEZON=$!
+./target/release/examples/bare_tags "127.0.0.1:$BARE" &
+BARE_PID=$!
+trap 'kill $ALLEZON $BARE_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
+for port in $PORT $BARE; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+done
+
+# run NAME PORT CONNECTIONS: one wrk run; prints "NAME c=N rate p50 p99 non2xx".
+run() {
+  local out
+  RUN=$((RUN + 1))
+  out=$(wrk -t2 -c"$3" -d"$DURATION" --latency -s scripts/load/user_tags.lua \
+    "http://127.0.0.1:$2" -- "$RUN" 2>/dev/null)
+  local rate p50 p99 requests bad
+  rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
+  printf '%-8s c=%-4s %10s tags/s  p50 %-8s p99 %-8s requests %-9s non-2xx %s\n' \
+    "$1" "$3" "$rate" "$p50" "$p99" "$requests" "$bad"
+  [[ $1 == allezon ]] && ACCEPTED=$((ACCEPTED + requests - bad))
+  return 0
+}
+
+ACCEPTED=0 RUN=0
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONNECTIONS; do
+    run bare "$BARE" "$c"
+    run allezon "$PORT" "$c"
+  done
+done
+# wrk's count leaves out the requests in flight when it stopped: those may
+# be counted too, so the count lands between accepted and accepted plus the
+# connections.
+for _ in $(seq 1 60); do
+  counted=$(count_all "http://127.0.0.1:$PORT")
+  [[ $counted -ge $ACCEPTED ]] && break
+  sleep 1
+done
+echo "allezon: $ACCEPTED tags answered 204 by wrk's count; counted in the aggregates: $counted"
