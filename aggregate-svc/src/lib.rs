@@ -35,13 +35,17 @@ pub fn service<S: AggregateStore>(store: Arc<S>) -> AggregateServiceServer<Aggre
         .max_encoding_message_size(allezon_core::grpc::MAX_MESSAGE_BYTES)
 }
 
-/// Drops cells older than 24 hours of event time, until `shutdown`.
+/// Drops cells older than 24 hours of event time, and flushes changes a
+/// write-back store still holds (an idle one too), until `shutdown`.
 pub async fn run_retention(store: EmbeddedAggregateStore, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(RETENTION_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Err(err) = store.flush().await {
+            tracing::warn!(%err, "flushing aggregate cells failed");
         }
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.drop_expired()).await {

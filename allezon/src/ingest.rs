@@ -1,47 +1,65 @@
 //! The all-in-one's tag writer: the profile entry and the log record of a
-//! tag in one atomic engine batch, with one group-commit wait.
+//! tag in one atomic engine batch, with one fsync per group of tags.
 //!
 //! Either both are durable or neither, so profiles and statistics never
 //! disagree about a tag, whatever fails and whenever the process dies. A
 //! tag the profile store already holds (a client retry, or the same tag
 //! sent twice) is neither stored again nor logged again, so it is counted
-//! once.
+//! once. The writes run on the log's appender thread ([`Appender`]), never
+//! on an async worker.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use allezon_core::Error;
 use allezon_proto::v1 as pb;
-use event_log::EmbeddedLog;
+use event_log::{Appender, EmbeddedLog, Staged};
 use gateway::{TagWriter, backends::WriteFuture};
 use profile_svc::EmbeddedProfileStore;
 use prost::Message;
 
 #[derive(Clone)]
 pub struct EmbeddedIngest {
-    pub log: EmbeddedLog,
-    pub profiles: EmbeddedProfileStore,
+    appender: Arc<Appender<pb::TagEvent>>,
+}
+
+impl EmbeddedIngest {
+    pub fn start(log: &EmbeddedLog, profiles: EmbeddedProfileStore) -> std::io::Result<Self> {
+        // Profile keys staged in the current group, not readable yet.
+        let mut pending: HashSet<Vec<u8>> = HashSet::new();
+        let appender = Appender::start(log, move |batch, event: &pb::TagEvent, new_group| {
+            if new_group {
+                pending.clear();
+            }
+            let Some(tag) = &event.tag else {
+                return Ok(Staged::Skip);
+            };
+            if !profiles.stage(batch, tag, &mut pending)? {
+                return Ok(Staged::Skip);
+            }
+            Ok(Staged::Append {
+                key: tag.cookie.as_bytes().to_vec(),
+                payload: event.encode_to_vec(),
+            })
+        })?;
+        Ok(Self {
+            appender: Arc::new(appender),
+        })
+    }
 }
 
 impl TagWriter for EmbeddedIngest {
     fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture {
-        let this = self.clone();
+        let appender = Arc::clone(&self.appender);
         Box::pin(async move {
-            let key = tag.cookie.clone().into_bytes();
             let event = pb::TagEvent {
                 tag: Some(tag),
                 traceparent: traceparent.unwrap_or_default(),
             };
-            let payload = event.encode_to_vec();
-            let tag = event.tag.as_ref();
-            this.log
-                .append_with(&key, payload, |batch, _| match tag {
-                    Some(tag) => this.profiles.stage(batch, tag),
-                    None => Ok(false),
-                })
-                .await
-                .map(|_| ())
-                .map_err(|err| {
-                    tracing::error!(%err, "tag write failed");
-                    Error::unavailable(format!("storage: {err}"))
-                })
+            appender.append(event).await.map(|_| ()).map_err(|err| {
+                tracing::error!(%err, "tag write failed");
+                Error::unavailable(format!("storage: {err}"))
+            })
         })
     }
 }

@@ -14,6 +14,7 @@ pub use ingest::EmbeddedIngest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use aggregate_svc::store::FlushPolicy;
 use aggregate_svc::{AggregateGrpc, EmbeddedAggregateStore};
 use allezon_api::{InProcess, Services};
 use allezon_core::config::DataDirArgs;
@@ -62,6 +63,33 @@ impl Running {
     }
 }
 
+/// Returns once the aggregates hold everything the log held at the call.
+async fn caught_up<T>(
+    aggregates: &EmbeddedAggregateStore,
+    log: &EmbeddedLog,
+    worker: &JoinHandle<T>,
+) -> anyhow::Result<()> {
+    use aggregate_svc::AggregateStore;
+    let partitions: Vec<u32> = (0..log.partitions()).collect();
+    let end: Vec<u64> = partitions.iter().map(|p| log.end_offset(*p)).collect();
+    let started = std::time::Instant::now();
+    loop {
+        let marks = aggregates.watermarks(&partitions).await?;
+        if marks.iter().zip(&end).all(|(mark, end)| mark.next >= *end) {
+            break;
+        }
+        anyhow::ensure!(
+            !worker.is_finished(),
+            "the ingest worker stopped during start-up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if started.elapsed() > std::time::Duration::from_millis(100) {
+        tracing::info!(elapsed = ?started.elapsed(), "replayed the log's unflushed tail");
+    }
+    Ok(())
+}
+
 /// Opens the stores, binds both listeners, and starts serving. Returns once
 /// the system accepts requests; cancel `shutdown` to stop it.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
@@ -69,7 +97,16 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // makes a tag durable in the profile store and the log together.
     let store = Store::open(&config.data.data_dir)?;
     let profiles = EmbeddedProfileStore::open(&store)?;
-    let aggregates = EmbeddedAggregateStore::open(&store)?;
+    // Write-back: the store, its worker and the log live and die together
+    // here, so unflushed cells are replayed from the log after a crash.
+    // The cells have an engine (a journal) of their own: a flush writes a
+    // second's worth of changed cells in one batch, and fjall holds its
+    // journal's lock through a commit and an fsync, which would stall every
+    // tag write behind it. Cells and the worker's watermarks only need to be
+    // atomic with each other; the log never shows a record before it is
+    // durable, so the cells never count one a crash could take back.
+    let cells = Store::open(&config.data.data_dir.join("aggregates"))?;
+    let aggregates = EmbeddedAggregateStore::open_with(&cells, FlushPolicy::WRITE_BACK)?;
     let ids = EmbeddedIdStore::open(&store)?;
     let log = EmbeddedLog::open(&store, 1)?;
 
@@ -82,6 +119,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // what it holds, then the services stop.
     let services_shutdown = Shutdown::new();
     let worker_shutdown = Shutdown::new();
+    let flush_on_exit = aggregates.clone();
     let aggregates = Arc::new(aggregates);
     let routes = Routes::new(profile_svc::service(profiles.clone()))
         .add_service(aggregate_svc::service(Arc::clone(&aggregates)))
@@ -112,9 +150,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         WorkerConfig::default(),
     );
     let worker = tokio::spawn(worker.run(worker_shutdown.clone()));
+    // Cells applied but not flushed when the process last died are replayed
+    // from the log now; answers wait for that, so that no query counts a
+    // tag acknowledged before the crash as missing.
+    caught_up(&flush_on_exit, &log, &worker).await?;
     let backends = gateway::Backends {
         services: in_process,
-        tags: Arc::new(EmbeddedIngest { log, profiles }),
+        tags: Arc::new(EmbeddedIngest::start(&log, profiles)?),
     };
     let gateway = tokio::spawn(gateway::serve(http_listener, backends, shutdown));
 
@@ -123,14 +165,18 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         let gateway_result = gateway.await;
         worker_shutdown.cancel();
         let worker_result = worker.await;
+        // What the worker applied reaches the engine before it closes.
+        let flush_result = flush_on_exit.flush().await;
         services_shutdown.cancel();
         let services_result = services.await;
         gateway_result??;
         worker_result??;
+        flush_result?;
         services_result??;
         // The engine persists and closes once this handle and the one in
         // `Running` are dropped.
         drop(store);
+        drop(cells);
         Ok(())
     });
     Ok(Running {

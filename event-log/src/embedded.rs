@@ -21,22 +21,22 @@ const RETAIN_BEHIND_COMMIT: u64 = 1_000_000;
 /// Deleting in large steps keeps truncation off the commit path's hot loop.
 const TRUNCATE_STEP: u64 = 100_000;
 
-struct Partition {
+pub(crate) struct Partition {
     /// Next offset to hand out; the lock also orders inserts.
-    next: Mutex<u64>,
+    pub(crate) next: Mutex<u64>,
     /// One past the highest offset known durable.
-    visible: AtomicU64,
+    pub(crate) visible: AtomicU64,
     /// Everything below this has been deleted.
     truncated: AtomicU64,
 }
 
-struct Inner {
-    store: Store,
-    records: Keyspace,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) records: Keyspace,
     commits: Keyspace,
-    partitions: Vec<Partition>,
+    pub(crate) partitions: Vec<Partition>,
     /// Bumped after every durable append, to wake waiting consumers.
-    appended: watch::Sender<u64>,
+    pub(crate) appended: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub struct EmbeddedLog {
     inner: Arc<Inner>,
 }
 
-fn record_key(partition: u32, offset: u64) -> [u8; 12] {
+pub(crate) fn record_key(partition: u32, offset: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&partition.to_be_bytes());
     key[4..].copy_from_slice(&offset.to_be_bytes());
@@ -95,6 +95,10 @@ impl EmbeddedLog {
         })
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     pub fn partitions(&self) -> u32 {
         self.inner.partitions.len() as u32
     }
@@ -133,6 +137,8 @@ impl EmbeddedLog {
             .map_or(0, |p| p.visible.load(Ordering::Acquire))
     }
 
+    /// Deletes the records more than [`RETAIN_BEHIND_COMMIT`] behind
+    /// `committed`, in steps of [`TRUNCATE_STEP`]. Blocking engine work.
     fn truncate(&self, partition: u32, committed: u64) -> Result<(), LogError> {
         let Some(state) = self.inner.partitions.get(partition as usize) else {
             return Ok(());
@@ -314,15 +320,19 @@ impl LogConsumer for EmbeddedConsumer {
         }
         // Not synced: the aggregate store's watermark, not this commit, is
         // what a restarting worker trusts; this one drives truncation and lag.
-        self.log
-            .inner
-            .commits
-            .insert(
-                commit_key(&self.group, partition),
-                next_offset.to_be_bytes(),
-            )
-            .map_err(StoreError::from)?;
-        self.log.truncate(partition, next_offset)
+        // Engine writes wait for any fsync in progress (the journal's lock),
+        // and truncation deletes a hundred thousand records: both on a
+        // blocking thread, never on an async worker.
+        let (log, key) = (self.log.clone(), commit_key(&self.group, partition));
+        tokio::task::spawn_blocking(move || {
+            log.inner
+                .commits
+                .insert(key, next_offset.to_be_bytes())
+                .map_err(StoreError::from)?;
+            log.truncate(partition, next_offset)
+        })
+        .await
+        .map_err(|err| LogError::Task(err.to_string()))?
     }
 }
 

@@ -4,12 +4,14 @@
 //! The traits follow Kafka's model (partitions, offsets, consumer-group
 //! commits) so that the embedded log and the Kafka topic are interchangeable.
 
+mod appender;
 mod embedded;
 mod kafka;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use appender::{Appender, Staged};
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
 pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, TRACEPARENT_HEADER, test_brokers};
 use thiserror::Error;
@@ -22,6 +24,8 @@ pub enum LogError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("partition {0} is not assigned to this consumer")]
     NotAssigned(u32),
+    #[error("event log task failed: {0}")]
+    Task(String),
 }
 
 /// One record read from the log.

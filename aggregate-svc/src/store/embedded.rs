@@ -5,17 +5,22 @@
 //! one contiguous range at the front. Value: the packed `count << 48 | sum`
 //! (8 bytes) while it fits, else the wide `count, sum` (16 bytes).
 //!
-//! A batch's cells and its partition watermark are written in one atomic
-//! engine batch: after a crash, either both are there or neither, which is
-//! what makes a replayed batch safe to skip.
+//! The cells of the minutes around the event clock live in memory
+//! ([`Hot`]): a batch adds to them there, with no engine read, and the
+//! changed ones are written together with every partition's watermark in one
+//! atomic engine batch per flush ([`FlushPolicy`]). After a crash the
+//! engine holds the cells and the watermarks of the last flush, consistent
+//! with each other, and the worker replays the log from those watermarks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use allezon_core::cells::{CellKey, Totals};
 use allezon_core::{Action, Error, Result};
 use allezon_storage::{Keyspace, Store, StoreError};
+use rustc_hash::FxHashMap;
 
 use super::clock::{self, EventClock};
 use super::{AggregateStore, Applied, CellFilter, DeltaBatch, Watermark};
@@ -25,15 +30,45 @@ pub struct EmbeddedAggregateStore {
     inner: Arc<Inner>,
 }
 
+/// When the changed cells reach the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    /// At most this long after the first change since the last flush.
+    /// Zero writes every batch through before `apply` returns.
+    pub every: Duration,
+    /// Or once this many log records were applied since the last flush.
+    pub max_records: u64,
+}
+
+impl FlushPolicy {
+    /// Every batch is durable in this store before `apply` returns. For a
+    /// store that may restart while its worker lives on (aggregate-svc on
+    /// its own), which then trusts the watermarks it was told.
+    pub const WRITE_THROUGH: Self = Self {
+        every: Duration::ZERO,
+        max_records: 0,
+    };
+
+    /// Write-back, for a store that lives and dies with its worker and its
+    /// log (the all-in-one): a crash loses both the unflushed cells and the
+    /// worker's position, and the log, which keeps a million records behind
+    /// the worker, replays them. A second is far inside the 60 s freshness
+    /// window and turns a hot cell's thousands of writes into one.
+    pub const WRITE_BACK: Self = Self {
+        every: Duration::from_secs(1),
+        max_records: 200_000,
+    };
+}
+
 struct Inner {
     store: Store,
     cells: Keyspace,
     /// Per partition: the offset after the last applied batch and the
-    /// partition's event clock, written in the batch that moved them.
+    /// partition's event clock, as of the last flush.
     watermarks: Keyspace,
-    /// Serialises read-modify-write of cells, one batch at a time, and holds
-    /// the recent cells so that most reads of that cycle skip the engine.
-    apply: Mutex<RecentCells>,
+    /// Everything applied and not flushed yet, and the hot minutes.
+    hot: Mutex<Hot>,
+    policy: FlushPolicy,
     /// The store's event clock (the highest partition clock), i64::MIN
     /// while there is none; retention counts back from it.
     clock_minute: AtomicI64,
@@ -42,102 +77,74 @@ struct Inner {
 }
 
 const KEY_LEN: usize = 21;
+type CellBytes = [u8; KEY_LEN];
 /// Minutes of cells kept in memory behind the event clock, and ahead of it.
 const RECENT_MINUTES: i64 = 3;
 const AHEAD_MINUTES: i64 = 5;
-/// Minutes remembered one by one as not cacheable; past that, every minute
-/// from the lowest far one on is treated so.
-const MAX_TAINTED: usize = 4_096;
 
-/// The cells of the minutes around the event clock, as last written by this
-/// process.
-///
-/// Applying a batch reads every cell it touches; at 60,000 tags a minute most
-/// of those cells are new, and a miss still costs a full engine lookup. A
-/// minute is cached only if this process saw every write to it, so a miss in
-/// a cached minute is a certain zero. The window follows the event clock, not
-/// the newest minute, so outliers neither enter it nor push it away.
-struct RecentCells {
-    /// Minutes whose every cell written since start-up is here.
-    minutes: BTreeMap<i64, HashMap<[u8; KEY_LEN], Totals>>,
-    /// Minutes at or before this may hold cells from before start-up.
-    complete_after: i64,
-    /// Minutes written while they could not be cached (ahead of the window,
-    /// or before the clock was known): part of their cells is on disk only.
-    tainted: BTreeSet<i64>,
-    /// Every minute from here on counts as tainted.
-    tainted_from: i64,
-    /// The event clock the window is anchored on.
-    anchor: Option<i64>,
+#[derive(Clone, Copy)]
+struct Cell {
+    totals: Totals,
+    /// Changed since the last flush.
+    dirty: bool,
 }
 
-impl RecentCells {
-    fn new(complete_after: i64, anchor: Option<i64>) -> Self {
+/// What this store knows beyond the engine.
+///
+/// - Hot minutes: a minute within the window around the event clock is
+///   loaded whole from the engine the first time a batch touches it, and
+///   from then on every cell of it is here: a cell missing is a zero, and no
+///   batch reads the engine for it. Minutes leave when the clock moves past
+///   them, after their changes are flushed.
+/// - Loose cells: cells of other minutes (late tags, outliers, the stream's
+///   start before the clock is known) changed since the last flush; their
+///   old values come from the engine.
+/// - The partitions' watermarks and clocks as applied.
+struct Hot {
+    minutes: BTreeMap<i64, FxHashMap<CellBytes, Cell>>,
+    /// Hot cells changed since the last flush, each listed once.
+    dirty: Vec<(i64, CellBytes)>,
+    loose: BTreeMap<i64, FxHashMap<CellBytes, Totals>>,
+    marks: BTreeMap<u32, (u64, EventClock)>,
+    marks_dirty: BTreeSet<u32>,
+    /// The event clock the window is anchored on.
+    anchor: Option<i64>,
+    /// When the oldest unflushed change was made, and records since.
+    unflushed_since: Option<Instant>,
+    unflushed_records: u64,
+}
+
+impl Hot {
+    fn new(anchor: Option<i64>) -> Self {
         Self {
             minutes: BTreeMap::new(),
-            complete_after,
-            tainted: BTreeSet::new(),
-            tainted_from: i64::MAX,
+            dirty: Vec::new(),
+            loose: BTreeMap::new(),
+            marks: BTreeMap::new(),
+            marks_dirty: BTreeSet::new(),
             anchor,
+            unflushed_since: None,
+            unflushed_records: 0,
         }
     }
 
-    /// The cell's value if this cache knows it (zero included).
-    fn get(&self, minute: i64, key: &[u8; KEY_LEN]) -> Option<Totals> {
-        let cells = self.minutes.get(&minute)?;
-        Some(cells.get(key).copied().unwrap_or_default())
+    /// Whether `minute` belongs in memory under the clock `anchor`.
+    fn in_window(anchor: Option<i64>, minute: i64) -> bool {
+        anchor.is_some_and(|clock| {
+            minute > clock - RECENT_MINUTES && minute <= clock.saturating_add(AHEAD_MINUTES)
+        })
     }
 
-    fn is_tainted(&self, minute: i64) -> bool {
-        minute >= self.tainted_from || self.tainted.contains(&minute)
-    }
-
-    /// Whether a minute not cached yet may start being cached now.
-    fn admits(&self, minute: i64) -> bool {
-        self.anchor
-            .is_some_and(|clock| minute > clock - RECENT_MINUTES && minute <= clock + AHEAD_MINUTES)
-            && minute > self.complete_after
-            && !self.is_tainted(minute)
-    }
-
-    fn taint(&mut self, minute: i64) {
-        self.tainted.insert(minute);
-        if self.tainted.len() > MAX_TAINTED {
-            // Keep the minutes near the window one by one; the far ones
-            // (outliers, most likely) collapse into one bound.
-            let far = self.anchor.map_or(i64::MIN, |clock| clock + AHEAD_MINUTES);
-            let collapsed = self.tainted.split_off(&far.saturating_add(1));
-            if let Some(first) = collapsed.first() {
-                self.tainted_from = self.tainted_from.min(*first);
-            }
+    /// The cell's value if known here (a zero included, for hot minutes).
+    fn get(&self, minute: i64, key: &CellBytes) -> Option<Totals> {
+        if let Some(cells) = self.minutes.get(&minute) {
+            return Some(cells.get(key).map(|c| c.totals).unwrap_or_default());
         }
+        self.loose.get(&minute)?.get(key).copied()
     }
 
-    /// Moves the window with the event clock; minutes behind it are dropped
-    /// and never come back (the clock only moves forward).
-    fn advance(&mut self, clock: Option<i64>) {
-        if clock <= self.anchor {
-            return;
-        }
-        self.anchor = clock;
-        if let Some(clock) = clock {
-            let keep = clock - RECENT_MINUTES + 1;
-            self.minutes = self.minutes.split_off(&keep);
-            self.tainted = self.tainted.split_off(&keep);
-        }
-    }
-
-    fn put(&mut self, minute: i64, key: [u8; KEY_LEN], totals: Totals) {
-        if let Some(cells) = self.minutes.get_mut(&minute) {
-            cells.insert(key, totals);
-        } else if self.admits(minute) {
-            self.minutes.entry(minute).or_default().insert(key, totals);
-        } else if self
-            .anchor
-            .is_none_or(|clock| minute > clock - RECENT_MINUTES)
-        {
-            self.taint(minute);
-        }
+    fn is_clean(&self) -> bool {
+        self.dirty.is_empty() && self.loose.is_empty() && self.marks_dirty.is_empty()
     }
 }
 
@@ -156,11 +163,6 @@ fn cell_key(key: &CellKey) -> [u8; KEY_LEN] {
     out[13..17].copy_from_slice(&key.brand.to_be_bytes());
     out[17..21].copy_from_slice(&key.category.to_be_bytes());
     out
-}
-
-fn minute_of(key: &[u8]) -> Option<i64> {
-    let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
 fn encode(totals: Totals) -> Vec<u8> {
@@ -190,7 +192,12 @@ fn decode(value: &[u8]) -> Result<Totals> {
 }
 
 impl EmbeddedAggregateStore {
+    /// Opens the store writing every batch through (see [`FlushPolicy`]).
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Self::open_with(store, FlushPolicy::WRITE_THROUGH)
+    }
+
+    pub fn open_with(store: &Store, policy: FlushPolicy) -> Result<Self, StoreError> {
         let cells = store.keyspace("aggregates")?;
         let watermarks = store.keyspace("aggregate_watermarks")?;
         let mut clock = None;
@@ -200,54 +207,43 @@ impl EmbeddedAggregateStore {
                 clock = clock.max(partition_clock.minute());
             }
         }
-        // Minutes with cells on disk are not cacheable: the newest of them
-        // near the clock bounds the cacheable ones, and those beyond the
-        // window (outliers) are listed one by one.
-        let ahead = clock.map_or(i64::MAX, |c| c.saturating_add(AHEAD_MINUTES));
-        let newest_near = cells
-            .range(..minute_bytes(ahead.saturating_add(1)).as_slice())
-            .next_back()
-            .and_then(|guard| guard.key().ok())
-            .and_then(|key| minute_of(&key))
-            .unwrap_or(i64::MIN);
-        let mut recent = RecentCells::new(newest_near, clock);
-        if ahead < i64::MAX {
-            let mut from = minute_bytes(ahead + 1).to_vec();
-            while let Some(minute) = cells
-                .range(from.as_slice()..)
-                .next()
-                .and_then(|guard| guard.key().ok())
-                .and_then(|key| minute_of(&key))
-            {
-                recent.taint(minute);
-                if minute == i64::MAX {
-                    break;
-                }
-                from = minute_bytes(minute + 1).to_vec();
-            }
-        }
         Ok(Self {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 cells,
                 watermarks,
-                apply: Mutex::new(recent),
+                hot: Mutex::new(Hot::new(clock)),
+                policy,
                 clock_minute: AtomicI64::new(clock.unwrap_or(i64::MIN)),
                 dropped_before: AtomicI64::new(i64::MIN),
             }),
         })
     }
 
-    fn watermark(&self, partition: u32) -> Result<(u64, EventClock)> {
-        match self
+    fn hot(&self) -> std::sync::MutexGuard<'_, Hot> {
+        self.inner
+            .hot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The partition's watermark and clock as applied: from memory, else
+    /// from the engine.
+    fn watermark(&self, hot: &mut Hot, partition: u32) -> Result<(u64, EventClock)> {
+        if let Some(mark) = hot.marks.get(&partition) {
+            return Ok(mark.clone());
+        }
+        let mark = match self
             .inner
             .watermarks
             .get(partition.to_be_bytes())
             .map_err(storage_error)?
         {
-            Some(value) => decode_watermark(&value),
-            None => Ok((0, EventClock::default())),
-        }
+            Some(value) => decode_watermark(&value)?,
+            None => (0, EventClock::default()),
+        };
+        hot.marks.insert(partition, mark.clone());
+        Ok(mark)
     }
 
     /// The store's event clock, if the stream has shown enough of itself.
@@ -280,59 +276,223 @@ impl EmbeddedAggregateStore {
         Ok(removed)
     }
 
-    /// The synchronous part of [`AggregateStore::apply`]: read, add and write
-    /// every cell, and the watermark with the partition's clock, in one
-    /// engine batch. Returns `false` for a replay.
-    fn apply_blocking(&self, batch: &DeltaBatch) -> Result<bool> {
-        let mut recent = self
-            .inner
-            .apply
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (watermark, mut partition_clock) = self.watermark(batch.partition)?;
-        if batch.next <= watermark {
+    /// Writes every change not in the engine yet, and waits until it is
+    /// durable. Shutdown calls it; the retention loop too, so that an idle
+    /// store does not keep changes in memory for long.
+    pub async fn flush(&self) -> Result<()> {
+        let store = self.clone();
+        let wrote = tokio::task::spawn_blocking(move || {
+            let mut hot = store.hot();
+            store.flush_locked(&mut hot)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("flush task failed: {err}")))??;
+        if wrote {
+            self.inner.store.sync().await.map_err(storage_error)?;
+        }
+        Ok(())
+    }
+
+    /// One engine batch with every changed cell and watermark; `false` when
+    /// there was nothing to write. Not synced here: callers wait for it.
+    fn flush_locked(&self, hot: &mut Hot) -> Result<bool> {
+        if hot.is_clean() {
             return Ok(false);
+        }
+        let cutoff = self.cutoff();
+        let mut write = self.inner.store.database().batch();
+        for (minute, key) in &hot.dirty {
+            if let Some(cell) = hot.minutes.get(minute).and_then(|cells| cells.get(key)) {
+                write.insert(&self.inner.cells, *key, encode(cell.totals));
+            }
+        }
+        // Loose cells the clock left behind since are not written back: the
+        // sweep may have deleted their minute already.
+        for (_, cells) in hot.loose.range(cutoff..) {
+            for (key, totals) in cells {
+                write.insert(&self.inner.cells, *key, encode(*totals));
+            }
+        }
+        for partition in &hot.marks_dirty {
+            if let Some((next, clock)) = hot.marks.get(partition) {
+                write.insert(
+                    &self.inner.watermarks,
+                    partition.to_be_bytes(),
+                    encode_watermark(*next, clock),
+                );
+            }
+        }
+        write.commit().map_err(storage_error)?;
+        // Only after the commit: what failed stays to be written.
+        for (minute, key) in std::mem::take(&mut hot.dirty) {
+            if let Some(cell) = hot
+                .minutes
+                .get_mut(&minute)
+                .and_then(|cells| cells.get_mut(&key))
+            {
+                cell.dirty = false;
+            }
+        }
+        hot.loose.clear();
+        hot.marks_dirty.clear();
+        hot.unflushed_since = None;
+        hot.unflushed_records = 0;
+        Ok(true)
+    }
+
+    /// Moves the window with the event clock. Minutes it leaves are dropped
+    /// from memory, after a flush when they hold changes; the clock only
+    /// moves forward, so they never come back.
+    fn advance(&self, hot: &mut Hot, clock: Option<i64>) -> Result<()> {
+        if clock <= hot.anchor {
+            return Ok(());
+        }
+        if let Some(clock) = clock {
+            let keep = clock - RECENT_MINUTES + 1;
+            let leaving_dirty = hot.dirty.iter().any(|(minute, _)| *minute < keep);
+            if leaving_dirty {
+                self.flush_locked(hot)?;
+            }
+            hot.minutes = hot.minutes.split_off(&keep);
+        }
+        hot.anchor = clock;
+        Ok(())
+    }
+
+    /// Every cell of `minute` from the engine, with this store's unflushed
+    /// loose changes of it on top: the minute, whole.
+    fn load_minute(&self, hot: &Hot, minute: i64) -> Result<FxHashMap<CellBytes, Cell>> {
+        let mut cells = FxHashMap::default();
+        for guard in self.inner.cells.prefix(minute_bytes(minute)) {
+            let (key, value) = guard.into_inner().map_err(storage_error)?;
+            let key: CellBytes = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| Error::internal("corrupt aggregate key"))?;
+            let totals = decode(&value)?;
+            cells.insert(
+                key,
+                Cell {
+                    totals,
+                    dirty: false,
+                },
+            );
+        }
+        if let Some(loose) = hot.loose.get(&minute) {
+            for (key, totals) in loose {
+                cells.insert(
+                    *key,
+                    Cell {
+                        totals: *totals,
+                        dirty: true,
+                    },
+                );
+            }
+        }
+        Ok(cells)
+    }
+
+    /// The synchronous part of [`AggregateStore::apply`]. Returns `None`
+    /// for a replay, else whether the engine was written (and needs a sync).
+    fn apply_blocking(&self, batch: &DeltaBatch) -> Result<Option<bool>> {
+        let mut hot = self.hot();
+        let (watermark, mut partition_clock) = self.watermark(&mut hot, batch.partition)?;
+        if batch.next <= watermark {
+            return Ok(None);
         }
         super::check_follows(batch, watermark)?;
         partition_clock.observe_deltas(&batch.deltas);
         let clock = self.clock().max(partition_clock.minute());
         let cutoff = clock::cutoff(clock);
-        let mut write = self.inner.store.database().batch();
-        let mut updates = Vec::with_capacity(batch.deltas.len());
+
+        // First every new value, with nothing changed yet: a batch that
+        // fails (an overflow, an engine read) leaves no trace.
+        let mut merged: FxHashMap<(i64, CellBytes), Totals> = FxHashMap::default();
         for (key, delta) in &batch.deltas {
             if key.minute < cutoff {
                 continue;
             }
-            let minute = key.minute;
-            let key = cell_key(key);
-            let old = match recent.get(minute, &key) {
-                Some(totals) => totals,
-                None => match self.inner.cells.get(key).map_err(storage_error)? {
-                    Some(value) => decode(&value)?,
-                    None => Totals::default(),
+            let slot = merged.entry((key.minute, cell_key(key))).or_default();
+            *slot = slot
+                .checked_add(*delta)
+                .map_err(|e| Error::internal(e.to_string()))?;
+        }
+        let mut loaded: BTreeMap<i64, FxHashMap<CellBytes, Cell>> = BTreeMap::new();
+        let mut updates = Vec::with_capacity(merged.len());
+        for ((minute, key), delta) in merged {
+            let hot_minute = Hot::in_window(clock, minute);
+            if hot_minute && !hot.minutes.contains_key(&minute) && !loaded.contains_key(&minute) {
+                loaded.insert(minute, self.load_minute(&hot, minute)?);
+            }
+            let old = match loaded.get(&minute) {
+                Some(cells) => cells.get(&key).map(|c| c.totals).unwrap_or_default(),
+                None => match hot.get(minute, &key) {
+                    Some(totals) => totals,
+                    None => match self.inner.cells.get(key).map_err(storage_error)? {
+                        Some(value) => decode(&value)?,
+                        None => Totals::default(),
+                    },
                 },
             };
             let new = old
-                .checked_add(*delta)
+                .checked_add(delta)
                 .map_err(|e| Error::internal(e.to_string()))?;
-            write.insert(&self.inner.cells, key, encode(new));
             updates.push((minute, key, new));
         }
-        write.insert(
-            &self.inner.watermarks,
-            batch.partition.to_be_bytes(),
-            encode_watermark(batch.next, &partition_clock),
-        );
-        write.commit().map_err(storage_error)?;
-        // Only after the commit: a failed batch must leave no trace.
+
+        // Then the changes, in memory.
+        self.advance(&mut hot, clock)?;
         if let Some(minute) = clock {
             self.inner.clock_minute.fetch_max(minute, Ordering::AcqRel);
         }
-        recent.advance(clock);
-        for (minute, key, totals) in updates {
-            recent.put(minute, key, totals);
+        for (minute, mut cells) in loaded {
+            if hot.loose.remove(&minute).is_some() {
+                // The minute's loose changes now live in it, still to flush.
+                let dirty = cells
+                    .iter()
+                    .filter(|(_, c)| c.dirty)
+                    .map(|(k, _)| (minute, *k));
+                hot.dirty.extend(dirty);
+            } else {
+                // `advance` flushed them meanwhile.
+                for cell in cells.values_mut() {
+                    cell.dirty = false;
+                }
+            }
+            hot.minutes.insert(minute, cells);
         }
-        Ok(true)
+        let hot = &mut *hot;
+        for (minute, key, totals) in updates {
+            match hot.minutes.get_mut(&minute) {
+                Some(cells) => {
+                    let cell = cells.entry(key).or_insert(Cell {
+                        totals,
+                        dirty: false,
+                    });
+                    cell.totals = totals;
+                    if !cell.dirty {
+                        cell.dirty = true;
+                        hot.dirty.push((minute, key));
+                    }
+                }
+                None => {
+                    hot.loose.entry(minute).or_default().insert(key, totals);
+                }
+            }
+        }
+        hot.marks
+            .insert(batch.partition, (batch.next, partition_clock));
+        hot.marks_dirty.insert(batch.partition);
+        hot.unflushed_records += batch.next - batch.start;
+        let since = *hot.unflushed_since.get_or_insert_with(Instant::now);
+        let due = since.elapsed() >= self.inner.policy.every
+            || hot.unflushed_records >= self.inner.policy.max_records;
+        if due {
+            self.flush_locked(hot)
+        } else {
+            Ok(false)
+        }
+        .map(Some)
     }
 }
 
@@ -358,25 +518,30 @@ fn decode_watermark(value: &[u8]) -> Result<(u64, EventClock)> {
 
 impl AggregateStore for EmbeddedAggregateStore {
     async fn apply(&self, batch: DeltaBatch) -> Result<Applied> {
-        // A batch reads and writes up to tens of thousands of cells: keep it
-        // off the async workers, which also serve the gateway.
+        // A batch adds up to tens of thousands of cells: keep it off the
+        // async workers, which also serve the gateway.
         let store = self.clone();
         let applied = tokio::task::spawn_blocking(move || store.apply_blocking(&batch))
             .await
             .map_err(|err| Error::internal(format!("apply task failed: {err}")))??;
-        if !applied {
-            return Ok(Applied::Replayed);
+        match applied {
+            None => Ok(Applied::Replayed),
+            Some(wrote) => {
+                if wrote {
+                    self.inner.store.sync().await.map_err(storage_error)?;
+                }
+                Ok(Applied::Applied)
+            }
         }
-        self.inner.store.sync().await.map_err(storage_error)?;
-        Ok(Applied::Applied)
     }
 
     async fn watermarks(&self, partitions: &[u32]) -> Result<Vec<Watermark>> {
         // Batches apply atomically here, so none is ever left pending.
+        let mut hot = self.hot();
         partitions
             .iter()
             .map(|p| {
-                self.watermark(*p).map(|(next, _)| Watermark {
+                self.watermark(&mut hot, *p).map(|(next, _)| Watermark {
                     next,
                     pending_next: 0,
                 })
@@ -393,11 +558,8 @@ impl AggregateStore for EmbeddedAggregateStore {
         // Minutes behind the retention cut-off answer zero whether or not the
         // sweep has reached them yet, so answers do not depend on its timing.
         let cutoff = self.cutoff();
-        (from_minute..to_minute)
+        let keys: Vec<(i64, CellBytes)> = (from_minute.max(cutoff)..to_minute)
             .map(|minute| {
-                if minute < cutoff {
-                    return Ok(Totals::default());
-                }
                 let key = cell_key(&CellKey {
                     minute,
                     action: filter.action,
@@ -405,12 +567,29 @@ impl AggregateStore for EmbeddedAggregateStore {
                     brand: filter.brand,
                     category: filter.category,
                 });
-                match self.inner.cells.get(key).map_err(storage_error)? {
-                    Some(value) => decode(&value),
-                    None => Ok(Totals::default()),
-                }
+                (minute, key)
             })
-            .collect()
+            .collect();
+        // What memory knows, under the lock; the engine after, without it
+        // (cells not in memory have no unflushed change).
+        let known: Vec<Option<Totals>> = {
+            let hot = self.hot();
+            keys.iter()
+                .map(|(minute, key)| hot.get(*minute, key))
+                .collect()
+        };
+        let mut out = vec![Totals::default(); (from_minute..to_minute).count()];
+        let skipped = out.len() - keys.len();
+        for (((_, key), known), slot) in keys.iter().zip(known).zip(&mut out[skipped..]) {
+            *slot = match known {
+                Some(totals) => totals,
+                None => match self.inner.cells.get(key).map_err(storage_error)? {
+                    Some(value) => decode(&value)?,
+                    None => Totals::default(),
+                },
+            };
+        }
+        Ok(out)
     }
 }
 
@@ -550,12 +729,134 @@ mod tests {
 
     const START: i64 = crate::store::scenarios::START;
 
+    /// A minute with unflushed changes from before it was hot, loaded in a
+    /// batch whose clock move flushes them: its later changes must still be
+    /// flushed before it leaves memory.
+    #[tokio::test]
+    async fn changes_to_a_minute_loaded_across_a_flush_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = FlushPolicy {
+            every: Duration::from_secs(3_600),
+            max_records: u64::MAX,
+        };
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
+        let one = Totals { count: 1, sum: 1 };
+        let crowd = |minute| {
+            (
+                key(minute, 0),
+                Totals {
+                    count: 30_000,
+                    sum: 0,
+                },
+            )
+        };
+        let steps = [
+            vec![crowd(START)],
+            // START + 7 is ahead of the window: loose; START - 2 is hot.
+            vec![(key(START + 7, 1), one), (key(START - 2, 1), one)],
+            // The clock moves to START + 2: START - 2 leaves (a flush), and
+            // START + 7 comes into the window in the same batch.
+            vec![crowd(START + 2), (key(START + 7, 1), one)],
+            vec![(key(START + 7, 1), one)],
+            // The clock moves past START + 7.
+            vec![crowd(START + 12)],
+        ];
+        let clocks = [START, START, START + 2, START + 2, START + 12];
+        for (offset, (deltas, clock)) in steps.into_iter().zip(clocks).enumerate() {
+            let offset = offset as u64;
+            store
+                .apply(batch(offset, offset + 1, deltas))
+                .await
+                .unwrap();
+            assert_eq!(store.clock(), Some(clock), "step {offset}");
+        }
+        let got = store.query(filter(1), START + 7, START + 8).await.unwrap();
+        assert_eq!(got[0].count, 3);
+    }
+
+    /// Write-back: what reaches the engine is always a flush, the cells
+    /// with the watermarks that cover them. A store dropped without a flush
+    /// (a crash) reopens at the last flush, and replaying from its
+    /// watermark lands exactly.
+    #[tokio::test]
+    async fn write_back_flushes_cells_with_their_watermarks() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = FlushPolicy {
+            every: Duration::from_secs(3_600),
+            max_records: 10,
+        };
+        let one = Totals { count: 1, sum: 3 };
+        // Minute START is hot once the clock stands; START - 100 is loose.
+        let deltas = || vec![(key(START, 1), one), (key(START - 100, 1), one)];
+        let count = |store: EmbeddedAggregateStore, minute: i64| async move {
+            store.query(filter(1), minute, minute + 1).await.unwrap()[0].count
+        };
+        {
+            let store =
+                EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy)
+                    .unwrap();
+            // A clock first: 10,000 tags' worth in minute START.
+            let clock = vec![(
+                key(START, 2),
+                Totals {
+                    count: 10_000,
+                    sum: 0,
+                },
+            )];
+            store.apply(batch(0, 1, clock)).await.unwrap();
+            for offset in 1..26 {
+                store
+                    .apply(batch(offset, offset + 1, deltas()))
+                    .await
+                    .unwrap();
+            }
+            // Memory answers everything applied.
+            assert_eq!(count(store.clone(), START).await, 25);
+            assert_eq!(count(store.clone(), START - 100).await, 25);
+            let marks = store.watermarks(&[0]).await.unwrap();
+            assert_eq!(marks[0].next, 26);
+        }
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
+        let durable = store.watermarks(&[0]).await.unwrap()[0].next;
+        assert_eq!(durable, 20, "flushed after 10 and 20 records");
+        assert_eq!(count(store.clone(), START).await, durable - 1);
+        assert_eq!(count(store.clone(), START - 100).await, durable - 1);
+        for offset in durable..26 {
+            store
+                .apply(batch(offset, offset + 1, deltas()))
+                .await
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+        assert_eq!(count(store.clone(), START).await, 25);
+        drop(store);
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
+        assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 26);
+        assert_eq!(count(store.clone(), START).await, 25);
+        assert_eq!(count(store, START - 100).await, 25);
+    }
+
     /// The cache of recent cells must never answer a zero for a cell the
     /// engine holds, whatever order minutes arrive in around the clock.
     #[tokio::test]
     async fn recent_cells_agree_with_the_engine() {
+        // Write-back with flushes now and then, landing anywhere.
+        let often = FlushPolicy {
+            every: Duration::from_secs(3_600),
+            max_records: 7,
+        };
+        for policy in [FlushPolicy::WRITE_THROUGH, FlushPolicy::WRITE_BACK, often] {
+            recent_cells_agree_with_the_engine_under(policy).await;
+        }
+    }
+
+    async fn recent_cells_agree_with_the_engine_under(policy: FlushPolicy) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedAggregateStore::open(&Store::open(dir.path()).unwrap()).unwrap();
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
         let mut want: BTreeMap<(i64, u32), u64> = BTreeMap::new();
         let mut rng = 7u64;
         for offset in 0..400u64 {
@@ -584,12 +885,26 @@ mod tests {
                 .unwrap();
             *want.entry((minute, brand)).or_default() += n;
         }
-        for ((minute, brand), count) in want {
-            let got = store
-                .query(filter(brand), minute, minute + 1)
-                .await
-                .unwrap();
-            assert_eq!(got[0].count, count, "minute {minute} brand {brand}");
-        }
+        let check = |store: EmbeddedAggregateStore,
+                     want: BTreeMap<(i64, u32), u64>,
+                     stage: &'static str| async move {
+            for ((minute, brand), count) in want {
+                let got = store
+                    .query(filter(brand), minute, minute + 1)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    got[0].count, count,
+                    "{policy:?} {stage}: minute {minute} brand {brand}"
+                );
+            }
+        };
+        check(store.clone(), want.clone(), "live").await;
+        // And from the engine alone, after a flush and a reopen.
+        store.flush().await.unwrap();
+        drop(store);
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
+        check(store, want, "reopened").await;
     }
 }

@@ -13,7 +13,7 @@ use allezon_core::Result;
 use allezon_core::cells::{CellKey, Totals};
 
 pub use aerospike::{AerospikeAggregateStore, CELL_TTL};
-pub use embedded::EmbeddedAggregateStore;
+pub use embedded::{EmbeddedAggregateStore, FlushPolicy};
 
 /// Minutes kept behind the event clock (see [`clock`]), its own included.
 pub const RETENTION_MINUTES: i64 = 24 * 60;

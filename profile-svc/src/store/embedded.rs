@@ -4,7 +4,7 @@
 use allezon_core::query::TimeRange;
 use allezon_core::{Action, Error, Result, UserTag};
 use allezon_proto::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -181,15 +181,22 @@ impl EmbeddedProfileStore {
         Ok(first)
     }
 
-    /// Puts `tag` into `batch`, unless the store holds it already: then
-    /// nothing is staged and the answer is `false`. The caller commits the
-    /// batch and waits for its sync. Two stagings of one tag must not run
-    /// at once (the caller's lock orders them), or both may answer `true`.
-    pub fn stage(&self, batch: &mut WriteBatch, tag: &pb::UserTag) -> Result<bool, StoreError> {
+    /// Puts `tag` into `batch`, unless the store holds it already or
+    /// `pending` (the keys staged into this batch so far) does: then nothing
+    /// is staged and the answer is `false`. The caller commits the batch and
+    /// waits for its sync. Two stagings of one tag must not run at once (the
+    /// caller orders them), or both may answer `true`.
+    pub fn stage(
+        &self,
+        batch: &mut WriteBatch,
+        tag: &pb::UserTag,
+        pending: &mut HashSet<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
         let entry = Entry::of(tag);
-        if self.tags.contains_key(&entry.key)? {
+        if pending.contains(&entry.key) || self.tags.contains_key(&entry.key)? {
             return Ok(false);
         }
+        pending.insert(entry.key.clone());
         self.insert(batch, tag, entry);
         Ok(true)
     }
@@ -201,7 +208,8 @@ impl ProfileStore for EmbeddedProfileStore {
         let mut batch = self.store.database().batch();
         // A duplicate stages nothing, and still waits for the sync below: the
         // first copy may not be durable yet.
-        self.stage(&mut batch, &tag).map_err(storage_error)?;
+        self.stage(&mut batch, &tag, &mut HashSet::new())
+            .map_err(storage_error)?;
         self.store.check_write().map_err(storage_error)?;
         batch.commit().map_err(storage_error)?;
         self.store.sync().await.map_err(storage_error)
