@@ -41,10 +41,10 @@ wait_port() {
 }
 
 worker() { # index
-  # On one machine the workers yield the CPU to the request path: a tag
-  # waits 200 ms at most, a profile may lag 10 s and a statistic 60 s, and a
-  # restarted worker catching up would otherwise starve the gateway.
-  NICE="nice -n ${WORKER_NICE:-10}" launch "worker-$1" ingest-worker --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" \
+  # The workers build the profiles too, which may lag 10 s at most: they
+  # are not niced by default any more (WORKER_NICE=10 lets them yield the
+  # CPU to the request path, as they did when they only counted).
+  NICE="nice -n ${WORKER_NICE:-0}" launch "worker-$1" ingest-worker --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" \
     --kafka-create-partitions "$PARTITIONS" --kafka-instance-id "worker-$1" \
     --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
     --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \

@@ -20,6 +20,7 @@ for rate in "${runs[@]}"; do
   case "$rate" in
     1000) tags=150000 ;;
     2000) tags=120000 ;;
+    10000) tags=600000 ;;
     max) tags=300000 ;;
     *) tags=300000 ;;
   esac

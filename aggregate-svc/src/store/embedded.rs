@@ -52,11 +52,11 @@ impl FlushPolicy {
     /// Write-back, for a store that lives and dies with its worker and its
     /// log (the all-in-one): a crash loses both the unflushed cells and the
     /// worker's position, and the log, which keeps a million records behind
-    /// the worker, replays them. A second is far inside the 60 s freshness
-    /// window and turns a hot cell's thousands of writes into one.
+    /// the worker, replays them. Five seconds are far inside the 60 s
+    /// freshness window and turn a hot cell's thousands of writes into one.
     pub const WRITE_BACK: Self = Self {
-        every: Duration::from_secs(1),
-        max_records: 200_000,
+        every: Duration::from_secs(5),
+        max_records: 250_000,
     };
 }
 

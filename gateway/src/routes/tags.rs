@@ -39,16 +39,12 @@ pub async fn post_user_tag(
     let tag: pb::UserTag = tag.into();
     let traceparent = traceparent(&headers);
     // The write returns only once durable, so a 204 means the tag survives a
-    // crash of any process, in profiles and in the statistics alike.
-    //
-    // It runs in its own task: a client that gives up (they wait 200 ms)
-    // must not cancel a write half-way, and cancelled gRPC calls reset
-    // HTTP/2 streams, which in numbers make the services' HTTP/2 layer drop
-    // the whole connection.
-    let write = backends.tags.write(tag, traceparent);
-    let written = tokio::spawn(write)
-        .await
-        .map_err(|err| Error::internal(format!("tag write task failed: {err}")))?;
+    // crash of any process, in profiles and in the statistics alike. A
+    // client that gives up (they wait 200 ms) drops this future: a tag not
+    // handed to the writer yet is in neither view, and one handed over is
+    // written whole by the writer (the appender thread, or librdkafka's
+    // queue), in both; never half of it.
+    let written = backends.tags.write(tag, traceparent).await;
     if let Err(err) = written {
         FAILED.inc();
         return Err(err.into());
