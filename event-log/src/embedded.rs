@@ -336,6 +336,33 @@ impl LogConsumer for EmbeddedConsumer {
     }
 }
 
+/// Every record of `log` from the start, read `batch` at a time, checked
+/// to have dense offsets from 0 in each partition.
+#[cfg(test)]
+pub(crate) async fn read_dense(log: &EmbeddedLog, batch: usize) -> Vec<Record> {
+    let mut consumer = log.consumer("read-dense").unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    loop {
+        let records = consumer
+            .poll(batch, Duration::from_millis(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if records.is_empty() {
+            break;
+        }
+        seen.extend(records);
+    }
+    for p in 0..log.partitions() {
+        let offsets: Vec<u64> = seen
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,24 +379,8 @@ mod tests {
             }
         }
         let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
-        let mut consumer = log.consumer("g").unwrap();
-        let mut seen = Vec::new();
-        loop {
-            let batch = consumer.poll(7, Duration::from_millis(10)).await.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            seen.extend(batch);
-        }
+        let seen = read_dense(&log, 7).await;
         assert_eq!(seen.len(), 100);
-        for p in 0..3 {
-            let offsets: Vec<u64> = seen
-                .iter()
-                .filter(|r| r.partition == p)
-                .map(|r| r.offset)
-                .collect();
-            assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
-        }
         // Appends continue after the last offset, per partition.
         let pos = log.append(b"x", b"y".to_vec(), None).await.unwrap();
         let before = seen.iter().filter(|r| r.partition == pos.partition).count() as u64;
