@@ -119,7 +119,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // what it holds, then the services stop.
     let services_shutdown = Shutdown::new();
     let worker_shutdown = Shutdown::new();
-    let flush_on_exit = aggregates.clone();
+    let cell_store = aggregates.clone();
     let aggregates = Arc::new(aggregates);
     let routes = Routes::new(profile_svc::service(profiles.clone()))
         .add_service(aggregate_svc::service(Arc::clone(&aggregates)))
@@ -153,7 +153,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // Cells applied but not flushed when the process last died are replayed
     // from the log now; answers wait for that, so that no query counts a
     // tag acknowledged before the crash as missing.
-    caught_up(&flush_on_exit, &log, &worker).await?;
+    caught_up(&cell_store, &log, &worker).await?;
     let backends = gateway::Backends {
         services: in_process,
         tags: Arc::new(EmbeddedIngest::start(&log, profiles)?),
@@ -166,7 +166,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         worker_shutdown.cancel();
         let worker_result = worker.await;
         // What the worker applied reaches the engine before it closes.
-        let flush_result = flush_on_exit.flush().await;
+        let flush_result = cell_store.flush().await;
         services_shutdown.cancel();
         let services_result = services.await;
         gateway_result??;

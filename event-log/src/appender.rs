@@ -110,7 +110,7 @@ where
     let mut batch = inner.store.database().batch();
     let mut positions: Vec<Option<Position>> = Vec::with_capacity(group.len());
     // The partitions' next offsets, locked for the group: appends from
-    // elsewhere (`EmbeddedLog::append_with`) wait, so offsets stay in order.
+    // elsewhere (`EventLog::append`) wait, so offsets stay in order.
     let mut next: Vec<_> = inner
         .partitions
         .iter()

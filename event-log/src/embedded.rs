@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use allezon_storage::{Keyspace, Store, StoreError, WriteBatch};
+use allezon_storage::{Keyspace, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::{EventLog, LogConsumer, LogError, Position, Record, partition_for};
@@ -166,64 +166,6 @@ fn commit_key(group: &str, partition: u32) -> Vec<u8> {
     key
 }
 
-impl EmbeddedLog {
-    /// Appends `payload` to the partition `key` maps to, and, in the same
-    /// atomic engine batch, whatever `stage` puts into `batch`: after a
-    /// crash, both are there or neither. Returns once durable, after one
-    /// group-commit wait for all of it.
-    ///
-    /// `stage` runs under the partition's lock, so it sees the writes of
-    /// every earlier append and no other append of the partition runs
-    /// meanwhile: a check in it and the write it decides are one step. When
-    /// it answers `false` the record is not appended (its batch still is),
-    /// and the call returns `None`, once everything written before is
-    /// durable.
-    pub async fn append_with<F>(
-        &self,
-        key: &[u8],
-        payload: Vec<u8>,
-        stage: F,
-    ) -> Result<Option<Position>, LogError>
-    where
-        F: FnOnce(&mut WriteBatch, Position) -> Result<bool, StoreError>,
-    {
-        let partition = partition_for(key, self.partitions());
-        let state = &self.inner.partitions[partition as usize];
-        let appended = {
-            let mut next = state.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let position = Position {
-                partition,
-                offset: *next,
-            };
-            let mut batch = self.inner.store.database().batch();
-            let append = stage(&mut batch, position)?;
-            if append {
-                batch.insert(
-                    &self.inner.records,
-                    record_key(partition, position.offset),
-                    payload,
-                );
-            }
-            self.inner.store.check_write()?;
-            batch.commit().map_err(StoreError::from)?;
-            if append {
-                *next += 1;
-            }
-            append.then_some(position)
-        };
-        self.inner.store.sync().await?;
-        if let Some(position) = appended {
-            // Every offset below ours was inserted before ours, so the sync
-            // that covered ours covered them too.
-            state
-                .visible
-                .fetch_max(position.offset + 1, Ordering::AcqRel);
-            self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        Ok(appended)
-    }
-}
-
 impl EventLog for EmbeddedLog {
     async fn append(
         &self,
@@ -231,10 +173,28 @@ impl EventLog for EmbeddedLog {
         payload: Vec<u8>,
         _traceparent: Option<&str>,
     ) -> Result<Position, LogError> {
-        // The payload (a `TagEvent`) carries the trace context itself.
-        let appended = self.append_with(key, payload, |_, _| Ok(true)).await?;
-        // Always `Some`: this stage never declines the record.
-        appended.ok_or(LogError::Storage(StoreError::SyncFailed))
+        // The payload (a `TagEvent`) carries the trace context itself. Tags
+        // of the all-in-one go through the `Appender` instead, which groups
+        // them; this path is for single records (tests, tools).
+        let partition = partition_for(key, self.partitions());
+        let state = &self.inner.partitions[partition as usize];
+        let offset = {
+            let mut next = state.next.lock().unwrap_or_else(PoisonError::into_inner);
+            let offset = *next;
+            self.inner.store.check_write()?;
+            self.inner
+                .records
+                .insert(record_key(partition, offset), payload)
+                .map_err(StoreError::from)?;
+            *next += 1;
+            offset
+        };
+        self.inner.store.sync().await?;
+        // Every offset below ours was inserted before ours, so the sync that
+        // covered ours covered them too.
+        state.visible.fetch_max(offset + 1, Ordering::AcqRel);
+        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Position { partition, offset })
     }
 }
 

@@ -37,6 +37,11 @@ pub enum StoreError {
     SyncFailed,
     #[error("write refused: an injected fault")]
     Injected,
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A handle to one embedded database; clones share it.

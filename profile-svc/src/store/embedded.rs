@@ -129,8 +129,8 @@ impl EmbeddedProfileStore {
     pub fn open(store: &Store) -> Result<Self, StoreError> {
         let tags = store.keyspace("profiles")?;
         let trims =
-            Trimmer::start(store.clone(), tags.clone()).map_err(|source| StoreError::DataDir {
-                path: "profile trim thread".into(),
+            Trimmer::start(store.clone(), tags.clone()).map_err(|source| StoreError::Thread {
+                name: "profile-trim",
                 source,
             })?;
         Ok(Self {
