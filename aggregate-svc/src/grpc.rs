@@ -43,6 +43,10 @@ fn delta(d: pb::CellDelta) -> Result<(CellKey, Totals), Error> {
     ))
 }
 
+fn stores() -> &'static allezon_core::metrics::Stores {
+    &allezon_core::metrics::metrics().stores
+}
+
 #[tonic::async_trait]
 impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
     async fn apply_deltas(
@@ -53,16 +57,26 @@ impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
         if r.next_offset <= r.start_offset {
             return Err(Error::invalid("next_offset", "must be above start_offset").into());
         }
-        let deltas = r.deltas.into_iter().map(delta).collect::<Result<_, _>>()?;
-        let applied = self
-            .store
-            .apply(DeltaBatch {
-                partition: r.partition,
-                start: r.start_offset,
-                next: r.next_offset,
-                deltas,
-            })
+        let deltas: Vec<_> = r.deltas.into_iter().map(delta).collect::<Result<_, _>>()?;
+        let cells = deltas.len() as u64;
+        let applied = stores()
+            .time(
+                "aggregates",
+                "apply",
+                self.store.apply(DeltaBatch {
+                    partition: r.partition,
+                    start: r.start_offset,
+                    next: r.next_offset,
+                    deltas,
+                }),
+            )
             .await?;
+        if applied == Applied::Applied {
+            allezon_core::metrics::metrics()
+                .aggregates
+                .cells_written
+                .inc_by(cells);
+        }
         Ok(Response::new(pb::ApplyDeltasResponse {
             applied: applied == Applied::Applied,
         }))
@@ -83,7 +97,13 @@ impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
             brand: r.brand_id,
             category: r.category_id,
         };
-        let totals = self.store.query(filter, r.from_minute, r.to_minute).await?;
+        let totals = stores()
+            .time(
+                "aggregates",
+                "query",
+                self.store.query(filter, r.from_minute, r.to_minute),
+            )
+            .await?;
         let minutes = (r.from_minute..)
             .zip(totals)
             .map(|(minute, t)| pb::MinuteTotals {
@@ -99,9 +119,13 @@ impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
         &self,
         request: Request<pb::GetWatermarksRequest>,
     ) -> Result<Response<pb::GetWatermarksResponse>, Status> {
-        let marks = self
-            .store
-            .watermarks(&request.into_inner().partitions)
+        let partitions = request.into_inner().partitions;
+        let marks = stores()
+            .time(
+                "aggregates",
+                "watermarks",
+                self.store.watermarks(&partitions),
+            )
             .await?;
         Ok(Response::new(pb::GetWatermarksResponse {
             next_offsets: marks.iter().map(|w| w.next).collect(),

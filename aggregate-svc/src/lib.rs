@@ -50,7 +50,13 @@ pub async fn run_retention(store: EmbeddedAggregateStore, shutdown: Shutdown) {
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.drop_expired()).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::info!(removed, "dropped expired aggregate cells"),
+            Ok(Ok(removed)) => {
+                allezon_core::metrics::metrics()
+                    .aggregates
+                    .cells_dropped
+                    .inc_by(removed as u64);
+                tracing::info!(removed, "dropped expired aggregate cells");
+            }
             Ok(Err(err)) => tracing::warn!(%err, "dropping expired cells failed"),
             Err(err) => tracing::warn!(%err, "retention task failed"),
         }
@@ -80,6 +86,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "aggregate-svc listening");
     readiness.set(true);
-    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], readiness, shutdown).await?;
     Ok(())
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use aggregate_svc::store::FlushPolicy;
 use aggregate_svc::{AggregateGrpc, EmbeddedAggregateStore};
 use allezon_api::{InProcess, Services};
-use allezon_core::config::DataDirArgs;
+use allezon_core::admin::{self, Readiness};
+use allezon_core::config::{AdminArgs, DataDirArgs};
 use allezon_core::shutdown::Shutdown;
 use allezon_storage::Store;
 use clap::Args;
@@ -40,12 +41,16 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// A started system: where it listens, and the task that ends with it.
 pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The admin port (`/healthz`, `/readyz`, `/metrics`), unless `off`.
+    pub admin_addr: Option<SocketAddr>,
     store: Store,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -90,9 +95,36 @@ async fn caught_up<T>(
     Ok(())
 }
 
+/// Runs the worker; one that stops on an error, not on `worker_shutdown`,
+/// turns the process unready, moves `allezon_worker_failures_total` and
+/// shuts the whole process down: acknowledging tags whose statistics are
+/// frozen would break the freshness promise silently. A supervisor (or the
+/// operator) restarts it, and the restart replays the log.
+async fn watched_worker(
+    worker: Worker<event_log::EmbeddedConsumer>,
+    readiness: Readiness,
+    worker_shutdown: Shutdown,
+    process_shutdown: Shutdown,
+) -> Result<(), ingest_worker::WorkerError> {
+    let result = worker.run(worker_shutdown.clone()).await;
+    if !worker_shutdown.is_cancelled() {
+        readiness.set_condition("ingest-worker", false);
+        allezon_core::metrics::metrics().worker.failures.inc();
+        match &result {
+            Err(err) => tracing::error!(%err, "the ingest worker failed; shutting down"),
+            Ok(()) => tracing::error!("the ingest worker stopped; shutting down"),
+        }
+        process_shutdown.cancel();
+    }
+    result
+}
+
 /// Opens the stores, binds both listeners, and starts serving. Returns once
 /// the system accepts requests; cancel `shutdown` to stop it.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let readiness = Readiness::default();
+    let admin_addr =
+        admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     // One engine for every store and the log: one journal, so one fsync
     // makes a tag durable in the profile store and the log together.
     let store = Store::open(&config.data.data_dir)?;
@@ -132,6 +164,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             aggregate_svc::SERVICE_NAME,
             id_svc::SERVICE_NAME,
         ],
+        readiness.clone(),
         services_shutdown.clone(),
     ));
     tokio::spawn(aggregate_svc::run_retention(
@@ -149,7 +182,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         Arc::clone(&in_process.aggregates),
         WorkerConfig::default(),
     );
-    let worker = tokio::spawn(worker.run(worker_shutdown.clone()));
+    let worker = tokio::spawn(watched_worker(
+        worker,
+        readiness.clone(),
+        worker_shutdown.clone(),
+        shutdown.clone(),
+    ));
     // Cells applied but not flushed when the process last died are replayed
     // from the log now; answers wait for that, so that no query counts a
     // tag acknowledged before the crash as missing.
@@ -159,6 +197,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         tags: Arc::new(EmbeddedIngest::start(&log, profiles)?),
     };
     let gateway = tokio::spawn(gateway::serve(http_listener, backends, shutdown));
+    readiness.set(true);
 
     let engine = store.clone();
     let task = tokio::spawn(async move {
@@ -182,6 +221,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     Ok(Running {
         http_addr,
         grpc_addr,
+        admin_addr,
         store: engine,
         task,
     })

@@ -13,13 +13,16 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9090");
     allezon_core::telemetry::init("allezon");
     let running = allezon::start(cli.config, allezon_core::shutdown::on_signal()).await?;
     // One machine-readable line, so scripts and tests started with port 0
     // learn where to connect.
+    let admin = running
+        .admin_addr
+        .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     println!(
-        "allezon listening http={} grpc={}",
+        "allezon listening http={} grpc={} admin={admin}",
         running.http_addr, running.grpc_addr
     );
     running.wait().await

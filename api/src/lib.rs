@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use allezon_core::client::{channel, retry};
+use allezon_core::client::{ClientChannel, channel, retry};
 use allezon_core::config::ServiceEndpointArgs;
 use allezon_proto::v1 as pb;
 use pb::aggregate_service_client::AggregateServiceClient;
@@ -24,7 +24,6 @@ use pb::id_service_client::IdServiceClient;
 use pb::id_service_server::IdService;
 use pb::profile_service_client::ProfileServiceClient;
 use pb::profile_service_server::ProfileService;
-use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 pub type Result<T> = std::result::Result<T, Status>;
@@ -154,7 +153,7 @@ impl<S: IdService> Ids for InProcess<S> {
 /// creation are idempotent, a batch applied twice is recognised), so each
 /// one retries transient failures with backoff.
 #[tonic::async_trait]
-impl Profiles for ProfileServiceClient<Channel> {
+impl Profiles for ProfileServiceClient<ClientChannel> {
     async fn append_tags(&self, request: pb::AppendTagsRequest) -> Result<pb::AppendTagsResponse> {
         retry(|| {
             let (mut client, request) = (self.clone(), request.clone());
@@ -174,7 +173,7 @@ impl Profiles for ProfileServiceClient<Channel> {
 }
 
 #[tonic::async_trait]
-impl Aggregates for AggregateServiceClient<Channel> {
+impl Aggregates for AggregateServiceClient<ClientChannel> {
     async fn apply_deltas(
         &self,
         request: pb::ApplyDeltasRequest,
@@ -211,7 +210,7 @@ impl Aggregates for AggregateServiceClient<Channel> {
 }
 
 #[tonic::async_trait]
-impl Ids for IdServiceClient<Channel> {
+impl Ids for IdServiceClient<ClientChannel> {
     async fn get_or_create_ids(
         &self,
         request: pb::GetOrCreateIdsRequest,

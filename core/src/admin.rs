@@ -1,113 +1,157 @@
 //! The admin port: `/healthz` (the process is alive), `/readyz` (it can do
-//! its work) and `/metrics` (Prometheus text format).
+//! its work) and `/metrics` (Prometheus text, from [`crate::metrics`]).
 //!
-//! Metrics are a small registry of named counters and gauges rather than a
-//! metrics framework: each service exports a handful of numbers, and the
-//! text format is simple enough that owning it costs less than a dependency.
+//! It is on by default in every binary, on an address of its own, never on
+//! the public REST port: an operator's endpoints are not the shops'.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use http::StatusCode;
+use http::{StatusCode, header};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::shutdown::Shutdown;
 
+/// Where the admin port listens: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-}
+pub struct AdminAddr(pub Option<SocketAddr>);
 
-struct Metric {
-    help: &'static str,
-    kind: Kind,
-    value: Arc<AtomicI64>,
-}
+impl FromStr for AdminAddr {
+    type Err = std::net::AddrParseError;
 
-/// A number the admin port exports. Cheap to clone and to update.
-#[derive(Debug, Clone)]
-pub struct Value(Arc<AtomicI64>);
-
-impl Value {
-    pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn set(&self, n: i64) {
-        self.0.store(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-static REGISTRY: LazyLock<Mutex<BTreeMap<String, Metric>>> = LazyLock::new(Default::default);
-
-fn register(name: &str, help: &'static str, kind: Kind) -> Value {
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    let metric = registry.entry(name.to_owned()).or_insert_with(|| Metric {
-        help,
-        kind,
-        value: Arc::default(),
-    });
-    Value(Arc::clone(&metric.value))
-}
-
-/// A monotonically increasing count; the same name gives the same counter.
-/// `name` may carry Prometheus labels: `allezon_x_total{result="ok"}`.
-pub fn counter(name: &str, help: &'static str) -> Value {
-    register(name, help, Kind::Counter)
-}
-
-/// A value that goes up and down.
-pub fn gauge(name: &str, help: &'static str) -> Value {
-    register(name, help, Kind::Gauge)
-}
-
-/// Everything registered, in the Prometheus text format.
-pub fn render() -> String {
-    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut out = String::new();
-    let mut described = None;
-    for (name, metric) in registry.iter() {
-        let family = name.split('{').next().unwrap_or(name);
-        if described != Some(family) {
-            let kind = match metric.kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-            };
-            let _ = writeln!(out, "# HELP {family} {}", metric.help);
-            let _ = writeln!(out, "# TYPE {family} {kind}");
-            described = Some(family);
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(Self(None))
+        } else {
+            s.parse().map(|addr| Self(Some(addr)))
         }
-        let _ = writeln!(out, "{name} {}", metric.value.load(Ordering::Relaxed));
     }
-    out
 }
 
-/// Whether the process can do its work; `/readyz` answers 503 until set.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// The condition every process has: it finished starting.
+const STARTED: &str = "started";
+
+/// Whether the process can do its work: ready when every condition holds.
+///
+/// A process starts unready (`started` is false until [`Readiness::set`]);
+/// each dependency it watches adds a condition of its own, false while that
+/// dependency is lost. `/readyz` and the gRPC health service both follow it.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    conditions: Mutex<BTreeMap<&'static str, bool>>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(Inner {
+            conditions: Mutex::new(BTreeMap::from([(STARTED, false)])),
+            ready: watch::Sender::new(false),
+        }))
+    }
+}
 
 impl Readiness {
+    /// A readiness that holds already: for servers started inside tests,
+    /// and for parts whose process watches its dependencies elsewhere.
+    pub fn started() -> Self {
+        let readiness = Self::default();
+        readiness.set(true);
+        readiness
+    }
+
+    /// Marks the process as started (or, with `false`, as stopping).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.set_condition(STARTED, ready);
+    }
+
+    /// Records whether the dependency or task `name` is usable.
+    pub fn set_condition(&self, name: &'static str, ok: bool) {
+        let mut conditions = self
+            .0
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = conditions.insert(name, ok);
+        if before != Some(ok) {
+            if ok {
+                tracing::info!(condition = name, "ready again");
+            } else if name != STARTED {
+                tracing::warn!(condition = name, "not ready");
+            }
+        }
+        let ready = conditions.values().all(|ok| *ok);
+        self.0.ready.send_if_modified(|was| {
+            let changed = *was != ready;
+            *was = ready;
+            changed
+        });
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        *self.0.ready.borrow()
+    }
+
+    /// Follows every change of [`Readiness::is_ready`].
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.ready.subscribe()
+    }
+
+    /// The conditions that do not hold now.
+    pub fn failing(&self) -> Vec<&'static str> {
+        self.0
+            .conditions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, ok)| !**ok)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    /// Runs `probe` every `every` until `shutdown`, keeping the condition
+    /// `name` to its answer: a lost dependency turns the process unready,
+    /// and ready again once it answers.
+    pub fn watch<F, Fut>(&self, name: &'static str, every: Duration, shutdown: Shutdown, probe: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    ok = probe() => ok,
+                };
+                readiness.set_condition(name, ok);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        });
     }
 }
 
@@ -115,27 +159,41 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { render() }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                    crate::metrics::render(),
+                )
+            }),
+        )
         .with_state(readiness)
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {
+async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     if readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let failing = readiness.failing().join(", ");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {failing}\n"),
+        )
     }
 }
 
-/// Serves the admin port on `addr`, when given, until `shutdown`.
+/// Binds the admin port on `addr` (unless `off`) and serves it until
+/// `shutdown`. Returns the bound address, so port 0 can be used.
 pub async fn spawn(
-    addr: Option<SocketAddr>,
+    addr: AdminAddr,
     readiness: Readiness,
     shutdown: Shutdown,
-) -> std::io::Result<()> {
-    let Some(addr) = addr else { return Ok(()) };
+) -> std::io::Result<Option<SocketAddr>> {
+    let Some(addr) = addr.0 else { return Ok(None) };
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "admin listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "admin listening");
     tokio::spawn(async move {
         let served = axum::serve(listener, router(readiness))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -144,7 +202,7 @@ pub async fn spawn(
             tracing::warn!(%err, "admin port stopped");
         }
     });
-    Ok(())
+    Ok(Some(bound))
 }
 
 #[cfg(test)]
@@ -152,14 +210,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_families_once_with_their_labels() {
-        counter("t_admin_total{result=\"ok\"}", "test counter").add(3);
-        counter("t_admin_total{result=\"err\"}", "test counter").inc();
-        gauge("t_admin_lag", "test gauge").set(-2);
-        let text = render();
-        assert_eq!(text.matches("# TYPE t_admin_total counter").count(), 1);
-        assert!(text.contains("t_admin_total{result=\"ok\"} 3\n"));
-        assert!(text.contains("t_admin_total{result=\"err\"} 1\n"));
-        assert!(text.contains("# TYPE t_admin_lag gauge\nt_admin_lag -2\n"));
+    fn ready_only_when_started_and_every_dependency_holds() {
+        let readiness = Readiness::default();
+        assert!(!readiness.is_ready());
+        readiness.set(true);
+        assert!(readiness.is_ready());
+        readiness.set_condition("kafka", false);
+        assert!(!readiness.is_ready());
+        assert_eq!(readiness.failing(), ["kafka"]);
+        readiness.set_condition("kafka", true);
+        assert!(readiness.is_ready());
+    }
+
+    #[test]
+    fn admin_addr_is_an_address_or_off() {
+        assert_eq!("off".parse::<AdminAddr>().unwrap(), AdminAddr(None));
+        let addr: AdminAddr = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(addr.to_string(), "127.0.0.1:9090");
+        assert!("nonsense".parse::<AdminAddr>().is_err());
     }
 }

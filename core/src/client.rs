@@ -21,9 +21,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// a few spread the load over the server's cores and survive one reset.
 pub const POOL_SIZE: usize = 4;
 
+/// What our clients call through: the channel, observed (metrics).
+pub type ClientChannel = crate::grpc_observe::Observe<Channel>;
+
 /// A channel over [`POOL_SIZE`] connections to `uri`, connecting on first use
 /// and reconnecting after failures, so callers may start before the service.
-pub fn channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
+pub fn channel(uri: &str) -> Result<ClientChannel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(uri.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
@@ -39,7 +42,7 @@ pub fn channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
             endpoint.clone(),
         ));
     }
-    Ok(channel)
+    Ok(tower::Layer::layer(&crate::grpc_observe::client(), channel))
 }
 
 /// Retries of a call that failed transiently, after the first attempt.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+pub use crate::admin::AdminAddr;
+
 /// Where a service keeps its embedded stores.
 #[derive(Debug, Clone, Args)]
 pub struct DataDirArgs {
@@ -62,10 +64,20 @@ pub struct ServiceEndpointArgs {
 /// The operator's port: liveness, readiness and Prometheus metrics.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// Admin HTTP address serving `/healthz`, `/readyz` and `/metrics`; off
-    /// when not given.
-    #[arg(long, env = "ALLEZON_ADMIN_ADDR")]
-    pub admin_addr: Option<SocketAddr>,
+    /// Admin HTTP address serving `/healthz`, `/readyz` and `/metrics`, or
+    /// `off`. Each binary has its own default port (see
+    /// [`parse_with_admin_default`]), so the five processes fit on one
+    /// machine next to the all-in-one.
+    #[arg(long, env = "ALLEZON_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: AdminAddr,
+}
+
+/// Parses a binary's command line, with `admin_default` as the default of
+/// `--admin-addr`: every binary serves its admin port unless told `off`.
+pub fn parse_with_admin_default<T: clap::Parser>(admin_default: &'static str) -> T {
+    let command = T::command().mut_arg("admin_addr", |arg| arg.default_value(admin_default));
+    let mut matches = command.get_matches();
+    T::from_arg_matches_mut(&mut matches).unwrap_or_else(|err| err.exit())
 }
 
 /// The Kafka event log.

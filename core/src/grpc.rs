@@ -10,6 +10,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::admin::Readiness;
 use crate::shutdown::Shutdown;
 
 /// Largest message a service accepts or sends: batches of aggregate deltas and
@@ -22,29 +23,67 @@ const MAX_PENDING_RESETS: usize = 4096;
 /// Serves `routes` plus health and reflection on `listener` until `shutdown`
 /// is cancelled, then drains in-flight calls.
 ///
-/// `services` are the fully qualified names reported as SERVING by the health
-/// service (the empty name, for the whole server, is always reported).
+/// `services` are the fully qualified names the health service reports,
+/// with the empty name for the whole server: SERVING while `readiness`
+/// holds, NOT_SERVING while it does not (a lost store, a stopping server),
+/// so gRPC probes and `/readyz` always agree.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
-    services: &[&str],
+    services: &[&'static str],
+    readiness: Readiness,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    for service in services {
-        reporter
-            .set_service_status(*service, ServingStatus::Serving)
-            .await;
+    let names: Vec<&'static str> = std::iter::once("")
+        .chain(services.iter().copied())
+        .collect();
+    let mut ready = readiness.subscribe();
+    {
+        let reporter = reporter.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *ready.borrow_and_update() && !shutdown.is_cancelled() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in &names {
+                    reporter.set_service_status(*name, status).await;
+                }
+                tokio::select! {
+                    changed = ready.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => {}
+                }
+                if shutdown.is_cancelled() {
+                    for name in &names {
+                        reporter
+                            .set_service_status(*name, ServingStatus::NotServing)
+                            .await;
+                    }
+                    return;
+                }
+            }
+        });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(allezon_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection protocols: grpcurl up to 1.8 (the one PyPI ships, and
+    // many operators still run) asks v1alpha only, newer tools ask v1.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(allezon_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .expect("the embedded descriptor sets are valid");
-    let routes = routes.add_service(health).add_service(reflection);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
 
     let on_shutdown = {
         let shutdown = shutdown.clone();
@@ -57,6 +96,7 @@ pub async fn serve(
         }
     };
     Server::builder()
+        .layer(crate::grpc_observe::server())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Our callers cancel calls whose own clients gave up; hyper's default

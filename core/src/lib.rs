@@ -8,6 +8,8 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_observe;
+pub mod metrics;
 pub mod query;
 pub mod shutdown;
 pub mod tag;

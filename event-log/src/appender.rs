@@ -85,8 +85,18 @@ impl<T: Send + 'static> Appender<T> {
         let (reply, answer) = oneshot::channel();
         let gone = || Arc::new(LogError::Task("the log appender stopped".into()));
         let queue = self.queue.as_ref().ok_or_else(gone)?;
+        let log = &allezon_core::metrics::metrics().log;
+        let labels = allezon_core::metrics::LogLabels { log: "embedded" };
+        let started = std::time::Instant::now();
         queue.send((item, reply)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let written = answer.await.map_err(|_| gone())?;
+        log.produce_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if written.is_err() {
+            log.produce_errors.get_or_create(&labels).inc();
+        }
+        written
     }
 }
 
@@ -146,11 +156,18 @@ where
     let ends: Vec<u64> = next.iter().map(|n| **n).collect();
     drop(next);
     let outcome = outcome.and_then(|()| {
-        inner
+        let syncing = std::time::Instant::now();
+        let synced = inner
             .store
             .database()
             .persist(PersistMode::SyncData)
-            .map_err(StoreError::from)
+            .map_err(StoreError::from);
+        let stores = &allezon_core::metrics::metrics().stores;
+        stores
+            .fsync_duration
+            .observe(syncing.elapsed().as_secs_f64());
+        stores.fsync_writers.observe(group.len() as f64);
+        synced
     });
     match outcome {
         Ok(()) => {

@@ -274,6 +274,10 @@ impl LogConsumer for EmbeddedConsumer {
         }
     }
 
+    fn end_offset(&self, partition: u32) -> Option<u64> {
+        (partition < self.log.partitions()).then(|| self.log.end_offset(partition))
+    }
+
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {
         if partition as usize >= self.positions.len() {
             return Err(LogError::NotAssigned(partition));

@@ -222,11 +222,17 @@ impl EventLog for KafkaLog {
                 value: Some(traceparent),
             }));
         }
-        let delivery = self
-            .producer
-            .send(record, self.timeout)
-            .await
-            .map_err(|(err, _)| LogError::Kafka(err))?;
+        let log = &allezon_core::metrics::metrics().log;
+        let labels = allezon_core::metrics::LogLabels { log: "kafka" };
+        let started = std::time::Instant::now();
+        let delivery = self.producer.send(record, self.timeout).await;
+        log.produce_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let delivery = delivery.map_err(|(err, _)| {
+            log.produce_errors.get_or_create(&labels).inc();
+            LogError::Kafka(err)
+        })?;
         Ok(Position {
             partition: u32::try_from(delivery.partition).unwrap_or_default(),
             offset: u64::try_from(delivery.offset).unwrap_or_default(),
@@ -245,9 +251,30 @@ struct Assignment {
 
 struct GroupContext {
     assignment: Arc<Assignment>,
+    /// Per partition, the log's end (high watermark) from librdkafka's last
+    /// statistics report: the consumer lag without a request of our own.
+    ends: Arc<Mutex<BTreeMap<u32, u64>>>,
 }
 
-impl ClientContext for GroupContext {}
+/// How often librdkafka reports its statistics (the log's ends among them).
+const STATISTICS_EVERY_MS: &str = "5000";
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka's internal partition (-1) and unknown ends (-1)
+                // are left out.
+                if let (Ok(partition), Ok(end)) =
+                    (u32::try_from(*partition), u64::try_from(stats.hi_offset))
+                {
+                    ends.insert(partition, end);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -281,6 +308,7 @@ pub struct KafkaConsumer {
     consumer: StreamConsumer<GroupContext>,
     topic: String,
     assignment: Arc<Assignment>,
+    ends: Arc<Mutex<BTreeMap<u32, u64>>>,
     /// Seeks librdkafka refused so far (a partition whose fetcher has not
     /// started yet answers "erroneous state"); retried before every poll, and
     /// records of such a partition are dropped until its seek lands.
@@ -292,6 +320,7 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, LogError> {
         let assignment = Arc::new(Assignment::default());
+        let ends = Arc::default();
         let mut client = config.client();
         if let Some(id) = &config.instance_id {
             client.set("group.instance.id", id);
@@ -311,14 +340,17 @@ impl KafkaConsumer {
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
             )
+            .set("statistics.interval.ms", STATISTICS_EVERY_MS)
             .create_with_context(GroupContext {
                 assignment: Arc::clone(&assignment),
+                ends: Arc::clone(&ends),
             })?;
         consumer.subscribe(&[config.topic.as_str()])?;
         Ok(Self {
             consumer,
             topic: config.topic.clone(),
             assignment,
+            ends,
             pending_seeks: BTreeMap::new(),
             seeks_generation: 0,
         })
@@ -423,6 +455,14 @@ impl LogConsumer for KafkaConsumer {
             self.consumer
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
         Ok(u64::try_from(low).unwrap_or(0))
+    }
+
+    fn end_offset(&self, partition: u32) -> Option<u64> {
+        self.ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
     }
 
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {

@@ -84,6 +84,11 @@ pub trait LogConsumer: Send {
     /// read skips ahead of the position sought.
     fn first_offset(&mut self, partition: u32) -> Result<u64, LogError>;
 
+    /// The end of `partition` (the offset the next record appended will
+    /// get) as this consumer last learnt it, without blocking; `None` before
+    /// it knows. For the consumer lag metric.
+    fn end_offset(&self, partition: u32) -> Option<u64>;
+
     /// Records that everything before `next_offset` in `partition` has been
     /// processed. Call only after the records' effects are durable elsewhere.
     fn commit(

@@ -16,6 +16,7 @@
 
 pub mod backends;
 pub mod error;
+mod http_metrics;
 mod routes;
 mod stack;
 

@@ -34,18 +34,18 @@ pub fn layer(router: Router) -> Router {
             ))
             .layer(
                 TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                    let route = req
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("unmatched", MatchedPath::as_str);
+                    let route =
+                        crate::http_metrics::route_label(req.extensions().get::<MatchedPath>());
                     tracing::debug_span!("http", method = %req.method(), route)
                 }),
             )
             .layer(PropagateRequestIdLayer::new(x_request_id))
+            .layer(axum::middleware::from_fn(crate::http_metrics::record))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError(Error::internal("handler panicked")).into_response()
             }))
             .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                allezon_core::metrics::metrics().http.shed.inc();
                 ApiError(Error::new(
                     ErrorKind::Unavailable,
                     format!("overloaded: {err}"),

@@ -32,6 +32,10 @@ fn names(names: Vec<pb::IdName>) -> Result<Vec<Name>, Error> {
         .collect()
 }
 
+fn stores() -> &'static allezon_core::metrics::Stores {
+    &allezon_core::metrics::metrics().stores
+}
+
 #[tonic::async_trait]
 impl<S: IdStore> IdService for IdGrpc<S> {
     async fn get_or_create_ids(
@@ -39,7 +43,9 @@ impl<S: IdStore> IdService for IdGrpc<S> {
         request: Request<pb::GetOrCreateIdsRequest>,
     ) -> Result<Response<pb::IdsResponse>, Status> {
         let names = names(request.into_inner().names)?;
-        let ids = self.store.get_or_create(names).await?;
+        let ids = stores()
+            .time("ids", "get_or_create", self.store.get_or_create(names))
+            .await?;
         Ok(Response::new(pb::IdsResponse { ids }))
     }
 
@@ -48,7 +54,9 @@ impl<S: IdStore> IdService for IdGrpc<S> {
         request: Request<pb::LookupIdsRequest>,
     ) -> Result<Response<pb::IdsResponse>, Status> {
         let names = names(request.into_inner().names)?;
-        let ids = self.store.lookup(names).await?;
+        let ids = stores()
+            .time("ids", "lookup", self.store.lookup(names))
+            .await?;
         Ok(Response::new(pb::IdsResponse { ids }))
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use allezon_api::Ids;
+use allezon_core::metrics::ResultLabels;
 use allezon_proto::v1 as pb;
 
 pub struct IdCache {
@@ -39,12 +40,22 @@ impl IdCache {
         &mut self,
         names: impl IntoIterator<Item = (pb::Dimension, &'a str)>,
     ) -> Result<(), tonic::Status> {
+        let mut asked = 0;
         let mut missing: Vec<(pb::Dimension, &str)> = names
             .into_iter()
+            .inspect(|_| asked += 1)
             .filter(|(dimension, name)| self.get(*dimension, name).is_none())
             .collect();
         missing.sort_unstable();
         missing.dedup();
+        let lookups = &allezon_core::metrics::metrics().worker.id_cache;
+        let (hits, misses) = (asked - missing.len(), missing.len());
+        lookups
+            .get_or_create(&ResultLabels { result: "hit" })
+            .inc_by(hits as u64);
+        lookups
+            .get_or_create(&ResultLabels { result: "miss" })
+            .inc_by(misses as u64);
         if missing.is_empty() {
             return Ok(());
         }

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use allezon_api::{Aggregates, Ids, Profiles, Services};
-use allezon_core::admin;
 use allezon_core::cells::{Fold, FoldInput};
 use allezon_core::shutdown::Shutdown;
 use allezon_core::{Action, ErrorKind};
@@ -144,6 +143,7 @@ impl<C: LogConsumer> Worker<C> {
             match self.step(&shutdown).await {
                 Ok(()) => backoff = FIRST_BACKOFF,
                 Err(err) if err.is_transient() => {
+                    metrics().retries.inc();
                     tracing::warn!(%err, ?backoff, "aggregate path or log unavailable, retrying");
                     // Re-read the watermarks: the failed call may have landed.
                     self.positioned = None;
@@ -173,6 +173,7 @@ impl<C: LogConsumer> Worker<C> {
             let room = self.config.batch_max - records.len();
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
+        self.record_lag();
         let mut by_partition = std::mem::take(&mut self.held);
         // Fresh partitions whose first record skipped ahead in this poll.
         let mut suspect: Vec<u32> = Vec::new();
@@ -246,6 +247,19 @@ impl<C: LogConsumer> Worker<C> {
         Ok(())
     }
 
+    /// Per assigned partition, how far the log's end is ahead of the
+    /// position this worker reads next.
+    fn record_lag(&self) {
+        for (&partition, &position) in &self.expect {
+            if let Some(end) = self.consumer.end_offset(partition) {
+                metrics()
+                    .lag
+                    .get_or_create(&allezon_core::metrics::PartitionLabels { partition })
+                    .set(i64::try_from(end.saturating_sub(position)).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// After a start or a rebalance, moves every assigned partition to where
     /// aggregate-svc says its applied records end.
     async fn position(&mut self) -> Result<(), WorkerError> {
@@ -294,6 +308,7 @@ impl<C: LogConsumer> Worker<C> {
             return Ok(());
         };
         let (start, next) = (first.offset, last.offset + 1);
+        let folding = std::time::Instant::now();
         let mut tags: Vec<pb::UserTag> = Vec::with_capacity(records.len());
         let mut offsets: Vec<u64> = Vec::with_capacity(records.len());
         for record in records {
@@ -310,6 +325,8 @@ impl<C: LogConsumer> Worker<C> {
             .await
             .map_err(WorkerError::Aggregates)?;
 
+        let folding = folding.elapsed();
+        let fold_started = std::time::Instant::now();
         let mut fold = Fold::default();
         for tag in &tags {
             if let Some(input) = self.fold_input(tag) {
@@ -324,18 +341,27 @@ impl<C: LogConsumer> Worker<C> {
             .into_cells()
             .map(|(key, totals)| to_delta(key, totals))
             .collect();
+        // Decoding and folding, not the calls to profile-svc and id-svc
+        // between them (their own series time those).
+        metrics()
+            .fold_duration
+            .observe((folding + fold_started.elapsed()).as_secs_f64());
         let request = pb::ApplyDeltasRequest {
             partition,
             start_offset: start,
             next_offset: next,
             deltas,
         };
-        match self.aggregates.apply_deltas(request).await {
+        let applying = std::time::Instant::now();
+        let applied = self.aggregates.apply_deltas(request).await;
+        metrics()
+            .apply_duration
+            .observe(applying.elapsed().as_secs_f64());
+        match applied {
             Ok(_) => {
                 metrics().batches.inc();
-                metrics()
-                    .records
-                    .add(i64::try_from(records.len()).unwrap_or(i64::MAX));
+                metrics().records.inc_by(records.len() as u64);
+                metrics().batch_size.observe(records.len() as f64);
             }
             Err(status)
                 if allezon_core::Error::from_status(&status).kind() == ErrorKind::Conflict =>
@@ -420,9 +446,7 @@ async fn store_profiles(
         .zip(first)
         .filter_map(|(tag, first)| first.then_some(tag))
         .collect();
-    metrics()
-        .duplicates
-        .add(i64::try_from(before - counted.len()).unwrap_or(i64::MAX));
+    metrics().duplicates.inc_by((before - counted.len()) as u64);
     Ok(counted)
 }
 
@@ -491,36 +515,6 @@ fn transient(status: &tonic::Status) -> bool {
     )
 }
 
-struct Metrics {
-    duplicates: admin::Value,
-    batches: admin::Value,
-    records: admin::Value,
-    conflicts: admin::Value,
-    stale: admin::Value,
-}
-
-fn metrics() -> &'static Metrics {
-    static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| Metrics {
-        duplicates: admin::counter(
-            "allezon_worker_duplicate_tags_total",
-            "Tags read from the log but not counted: the same tag was stored earlier in the log.",
-        ),
-        batches: admin::counter(
-            "allezon_worker_batches_total",
-            "Batches applied to aggregate-svc (replays included) and committed.",
-        ),
-        records: admin::counter(
-            "allezon_worker_records_total",
-            "Log records folded in applied batches.",
-        ),
-        conflicts: admin::counter(
-            "allezon_worker_conflicts_total",
-            "Batches refused because the partition moved on (rebalance or restart).",
-        ),
-        stale: admin::counter(
-            "allezon_worker_stale_records_total",
-            "Records dropped because they came before the partition's position (fetched before a seek, or delivered again after one).",
-        ),
-    });
-    &METRICS
+fn metrics() -> &'static allezon_core::metrics::Worker {
+    &allezon_core::metrics::metrics().worker
 }

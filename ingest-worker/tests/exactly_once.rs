@@ -20,7 +20,6 @@ use ingest_worker::{Worker, WorkerConfig};
 use prost::Message;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::Channel;
 
 const TAGS: i64 = 6_000;
 
@@ -111,6 +110,10 @@ impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
         }
         self.due.push((partition, offset));
         Ok(())
+    }
+
+    fn end_offset(&self, partition: u32) -> Option<u64> {
+        self.inner.end_offset(partition)
     }
 
     fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
@@ -215,11 +218,10 @@ async fn run_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S
         listener,
         routes,
         &[],
+        allezon_core::admin::Readiness::started(),
         services.clone(),
     ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
+    let channel = allezon_core::client::channel(&format!("http://{addr}")).unwrap();
 
     for t in logged_tags(profiles) {
         let event = pb::TagEvent {

@@ -23,6 +23,10 @@ impl<S> ProfileGrpc<S> {
     }
 }
 
+fn stores() -> &'static allezon_core::metrics::Stores {
+    &allezon_core::metrics::metrics().stores
+}
+
 #[tonic::async_trait]
 impl<S: ProfileStore> ProfileService for ProfileGrpc<S> {
     async fn append_tags(
@@ -46,7 +50,9 @@ impl<S: ProfileStore> ProfileService for ProfileGrpc<S> {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let first = self.store.append_logged(tags).await?;
+        let first = stores()
+            .time("profiles", "append", self.store.append_logged(tags))
+            .await?;
         Ok(Response::new(pb::AppendTagsResponse { first }))
     }
 
@@ -66,11 +72,15 @@ impl<S: ProfileStore> ProfileService for ProfileGrpc<S> {
             to_ms: request.to_ms,
         };
         let limit = (request.limit as usize).min(KEEP_PER_ACTION);
-        let (views, buys) = tokio::try_join!(
-            self.store
-                .query(&request.cookie, Action::View, range, limit),
-            self.store.query(&request.cookie, Action::Buy, range, limit),
-        )?;
+        let (views, buys) = stores()
+            .time("profiles", "query", async {
+                tokio::try_join!(
+                    self.store
+                        .query(&request.cookie, Action::View, range, limit),
+                    self.store.query(&request.cookie, Action::Buy, range, limit),
+                )
+            })
+            .await?;
         Ok(Response::new(pb::GetProfileResponse { views, buys }))
     }
 }

@@ -52,7 +52,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "profile-svc listening");
     readiness.set(true);
-    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], readiness, shutdown).await?;
     Ok(())
 }
 

@@ -118,7 +118,15 @@ fn run_syncer(shared: &Shared, db: &Database) {
             wake.pending = false;
         }
         let target = shared.issued.load(Ordering::Acquire);
-        match db.persist(PersistMode::SyncData) {
+        let syncing = std::time::Instant::now();
+        let persisted = db.persist(PersistMode::SyncData);
+        let stores = &allezon_core::metrics::metrics().stores;
+        stores
+            .fsync_duration
+            .observe(syncing.elapsed().as_secs_f64());
+        let covered = target.saturating_sub(shared.synced.borrow().ticket);
+        stores.fsync_writers.observe(covered as f64);
+        match persisted {
             Ok(()) => {
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 shared

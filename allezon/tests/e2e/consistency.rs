@@ -105,6 +105,9 @@ async fn a_tag_whose_write_failed_is_in_neither_view() {
         data: allezon_core::config::DataDirArgs {
             data_dir: dir.path().to_owned(),
         },
+        admin: allezon_core::config::AdminArgs {
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+        },
     };
     let shutdown = Shutdown::new();
     let running = allezon::start(config, shutdown.clone()).await.unwrap();

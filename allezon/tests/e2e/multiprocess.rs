@@ -114,6 +114,8 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             format!("127.0.0.1:{port}"),
             s("--data-dir"),
             data(dir),
+            s("--admin-addr"),
+            s("127.0.0.1:0"),
         ]
     };
     let mut services = Vec::new();

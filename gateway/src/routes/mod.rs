@@ -18,18 +18,24 @@ const TAG_BODY_LIMIT: usize = 64 * 1024;
 /// full profile or a 24-hour aggregate answer runs to hundreds of KB.
 const QUERY_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
+pub const USER_TAGS: &str = "/user_tags";
+pub const USER_PROFILES: &str = "/user_profiles/{cookie}";
+pub const AGGREGATES: &str = "/aggregates";
+/// Every route template, for metric labels and span names.
+pub const ROUTES: [&str; 3] = [USER_TAGS, USER_PROFILES, AGGREGATES];
+
 pub fn router(backends: Backends) -> Router {
     Router::new()
         .route(
-            "/user_tags",
+            USER_TAGS,
             post(tags::post_user_tag).layer(DefaultBodyLimit::max(TAG_BODY_LIMIT)),
         )
         .route(
-            "/user_profiles/{cookie}",
+            USER_PROFILES,
             post(profiles::post_user_profile).layer(DefaultBodyLimit::max(QUERY_BODY_LIMIT)),
         )
         .route(
-            "/aggregates",
+            AGGREGATES,
             post(aggregates::post_aggregates).layer(DefaultBodyLimit::max(QUERY_BODY_LIMIT)),
         )
         .method_not_allowed_fallback(method_not_allowed)

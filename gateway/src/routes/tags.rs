@@ -3,9 +3,6 @@
 //!
 //! [`TagWriter`]: crate::TagWriter
 
-use std::sync::LazyLock;
-
-use allezon_core::admin;
 use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
 use axum::body::Bytes;
@@ -16,18 +13,12 @@ use http::{HeaderMap, StatusCode};
 use crate::backends::Backends;
 use crate::error::{ApiError, body_error};
 
-static ACCEPTED: LazyLock<admin::Value> = LazyLock::new(|| {
-    admin::counter(
-        "allezon_tags_total{result=\"accepted\"}",
-        "Tags answered 204 (durable in profiles and the event log), or not stored because a backend failed.",
-    )
-});
-static FAILED: LazyLock<admin::Value> = LazyLock::new(|| {
-    admin::counter(
-        "allezon_tags_total{result=\"failed\"}",
-        "Tags answered 204 (durable in profiles and the event log), or not stored because a backend failed.",
-    )
-});
+fn count(result: &'static str) {
+    allezon_core::metrics::metrics()
+        .tags
+        .get_or_create(&allezon_core::metrics::ResultLabels { result })
+        .inc();
+}
 
 pub async fn post_user_tag(
     State(backends): State<Backends>,
@@ -46,10 +37,10 @@ pub async fn post_user_tag(
     // queue), in both; never half of it.
     let written = backends.tags.write(tag, traceparent).await;
     if let Err(err) = written {
-        FAILED.inc();
+        count("failed");
         return Err(err.into());
     }
-    ACCEPTED.inc();
+    count("accepted");
     Ok(StatusCode::NO_CONTENT)
 }
 
