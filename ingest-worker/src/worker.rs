@@ -140,7 +140,10 @@ impl<C: LogConsumer> Worker<C> {
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), WorkerError> {
         let mut backoff = FIRST_BACKOFF;
         while !shutdown.is_cancelled() {
-            match self.step(&shutdown).await {
+            let stepped = self.step(&shutdown).await;
+            // Also while the services are down: the lag then grows.
+            self.record_lag();
+            match stepped {
                 Ok(()) => backoff = FIRST_BACKOFF,
                 Err(err) if err.is_transient() => {
                     metrics().retries.inc();
@@ -173,7 +176,6 @@ impl<C: LogConsumer> Worker<C> {
             let room = self.config.batch_max - records.len();
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
-        self.record_lag();
         let mut by_partition = std::mem::take(&mut self.held);
         // Fresh partitions whose first record skipped ahead in this poll.
         let mut suspect: Vec<u32> = Vec::new();
@@ -376,6 +378,7 @@ impl<C: LogConsumer> Worker<C> {
             Err(status) => return Err(WorkerError::Aggregates(status)),
         }
         self.consumer.commit(partition, next).await?;
+        self.record_lag();
         // No span exporter yet: the trace context of the batch's tags goes
         // into the log line, so a batch can be tied to the requests in it.
         if tracing::enabled!(tracing::Level::DEBUG) {

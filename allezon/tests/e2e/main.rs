@@ -11,6 +11,7 @@ mod bad_input;
 mod consistency;
 mod durability;
 mod multiprocess;
+mod observability;
 mod outliers;
 mod profiles;
 mod replay;

@@ -27,7 +27,7 @@ const BINARIES: [&str; 5] = [
 
 /// The directory holding the five binaries, built on first use: a test
 /// binary of this package does not make cargo build other packages' bins.
-fn bin_dir() -> &'static Path {
+pub(crate) fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
@@ -51,7 +51,7 @@ fn bin_dir() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -59,7 +59,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(bin: &str, args: &[String]) -> Child {
+pub(crate) fn spawn(bin: &str, args: &[String]) -> Child {
     Command::new(bin_dir().join(bin))
         .args(args)
         .env(
@@ -73,7 +73,7 @@ fn spawn(bin: &str, args: &[String]) -> Child {
 }
 
 /// Kills a child on drop, so a failing test leaves no process behind.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Proc {
     fn kill9(&mut self) {

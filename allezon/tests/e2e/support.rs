@@ -11,6 +11,10 @@ use serde_json::{Value, json};
 pub struct Server {
     child: Option<Child>,
     pub base: String,
+    /// The admin port's base URL, for a binary started here.
+    pub admin: Option<String>,
+    /// The gRPC address (`host:port`), for a binary started here.
+    pub grpc: Option<String>,
 }
 
 impl Server {
@@ -31,10 +35,12 @@ impl Server {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read the listening line");
-        let Some(http) = line
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("http="))
-        else {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let Some(http) = field("http=") else {
             let mut stderr = String::new();
             let _ = child.kill();
             let _ = child
@@ -46,6 +52,8 @@ impl Server {
         };
         Server {
             base: format!("http://{http}"),
+            admin: field("admin=").map(|a| format!("http://{a}")),
+            grpc: field("grpc="),
             child: Some(child),
         }
     }
@@ -55,13 +63,20 @@ impl Server {
         Server {
             child: Some(child),
             base,
+            admin: None,
+            grpc: None,
         }
     }
 
     /// A server running inside the test process (`allezon::start`), which
     /// the test itself stops.
     pub fn in_process(base: String) -> Server {
-        Server { child: None, base }
+        Server {
+            child: None,
+            base,
+            admin: None,
+            grpc: None,
+        }
     }
 
     /// `kill -9`: no shutdown hook runs, nothing is flushed.
@@ -83,6 +98,17 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A tool the test script installs (`promtool`, `grpcurl`): found on the
+/// PATH, or the test fails saying how to get it. Never a silent skip.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on the PATH; ./scripts/test.sh installs it"))
 }
 
 pub fn client() -> reqwest::Client {
