@@ -12,11 +12,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use allezon_core::Error;
+use allezon_core::trace::Carried;
 use allezon_proto::v1 as pb;
 use event_log::{Appender, EmbeddedLog, Staged};
 use gateway::{TagWriter, backends::WriteFuture};
 use profile_svc::EmbeddedProfileStore;
 use prost::Message;
+use tracing::Instrument as _;
 
 #[derive(Clone)]
 pub struct EmbeddedIngest {
@@ -49,17 +51,25 @@ impl EmbeddedIngest {
 }
 
 impl TagWriter for EmbeddedIngest {
-    fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture {
+    fn write(&self, tag: pb::UserTag) -> WriteFuture {
         let appender = Arc::clone(&self.appender);
-        Box::pin(async move {
-            let event = pb::TagEvent {
-                tag: Some(tag),
-                traceparent: traceparent.unwrap_or_default(),
-            };
-            appender.append(event).await.map(|_| ()).map_err(|err| {
-                tracing::error!(%err, "tag write failed");
-                Error::unavailable(format!("storage: {err}"))
-            })
-        })
+        // One span for the one durable write: the profile entry and the log
+        // record in one engine batch, and the group-commit fsync it waits on.
+        let span = allezon_core::trace::span::internal("group_commit profiles+log");
+        let trace = Carried::of(&span);
+        Box::pin(
+            async move {
+                let event = pb::TagEvent {
+                    tag: Some(tag),
+                    traceparent: trace.traceparent,
+                    tracestate: trace.tracestate,
+                };
+                appender.append(event).await.map(|_| ()).map_err(|err| {
+                    tracing::error!(%err, "tag write failed");
+                    Error::unavailable(format!("storage: {err}"))
+                })
+            }
+            .instrument(span),
+        )
     }
 }

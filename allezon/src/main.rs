@@ -14,7 +14,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9090");
-    allezon_core::telemetry::init("allezon");
+    let telemetry = allezon_core::telemetry::init("allezon");
     let running = allezon::start(cli.config, allezon_core::shutdown::on_signal()).await?;
     // One machine-readable line, so scripts and tests started with port 0
     // learn where to connect.
@@ -25,5 +25,9 @@ async fn main() -> anyhow::Result<()> {
         "allezon listening http={} grpc={} admin={admin}",
         running.http_addr, running.grpc_addr
     );
-    running.wait().await
+    let result = running.wait().await;
+    // The spans of the last requests, and of the shutdown, are exported
+    // before the process exits.
+    telemetry.shutdown().await;
+    result
 }

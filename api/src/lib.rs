@@ -64,6 +64,22 @@ pub trait Ids: Send + Sync + 'static {
     async fn lookup_ids(&self, request: pb::LookupIdsRequest) -> Result<pb::IdsResponse>;
 }
 
+/// Runs an in-process call inside a span named like the gRPC method it
+/// stands for, so a trace has the same shape in the all-in-one as across
+/// processes.
+async fn in_process<T>(
+    path: &'static str,
+    call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    use tracing::Instrument as _;
+    let span = allezon_core::trace::span::in_process(path);
+    let result = call.instrument(span.clone()).await;
+    if result.is_err() {
+        allezon_core::trace::span::failed(&span);
+    }
+    result.map(tonic::Response::into_inner)
+}
+
 /// A service called in this process: the tonic service implementation,
 /// invoked directly.
 pub struct InProcess<S>(pub Arc<S>);
@@ -83,18 +99,18 @@ impl<S> Clone for InProcess<S> {
 #[tonic::async_trait]
 impl<S: ProfileService> Profiles for InProcess<S> {
     async fn append_tags(&self, request: pb::AppendTagsRequest) -> Result<pb::AppendTagsResponse> {
-        Ok(self
-            .0
-            .append_tags(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.ProfileService/AppendTags",
+            self.0.append_tags(Request::new(request)),
+        )
+        .await
     }
     async fn get_profile(&self, request: pb::GetProfileRequest) -> Result<pb::GetProfileResponse> {
-        Ok(self
-            .0
-            .get_profile(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.ProfileService/GetProfile",
+            self.0.get_profile(Request::new(request)),
+        )
+        .await
     }
 }
 
@@ -104,31 +120,31 @@ impl<S: AggregateService> Aggregates for InProcess<S> {
         &self,
         request: pb::ApplyDeltasRequest,
     ) -> Result<pb::ApplyDeltasResponse> {
-        Ok(self
-            .0
-            .apply_deltas(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.AggregateService/ApplyDeltas",
+            self.0.apply_deltas(Request::new(request)),
+        )
+        .await
     }
     async fn query_aggregates(
         &self,
         request: pb::QueryAggregatesRequest,
     ) -> Result<pb::QueryAggregatesResponse> {
-        Ok(self
-            .0
-            .query_aggregates(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.AggregateService/QueryAggregates",
+            self.0.query_aggregates(Request::new(request)),
+        )
+        .await
     }
     async fn get_watermarks(
         &self,
         request: pb::GetWatermarksRequest,
     ) -> Result<pb::GetWatermarksResponse> {
-        Ok(self
-            .0
-            .get_watermarks(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.AggregateService/GetWatermarks",
+            self.0.get_watermarks(Request::new(request)),
+        )
+        .await
     }
 }
 
@@ -138,14 +154,18 @@ impl<S: IdService> Ids for InProcess<S> {
         &self,
         request: pb::GetOrCreateIdsRequest,
     ) -> Result<pb::IdsResponse> {
-        Ok(self
-            .0
-            .get_or_create_ids(Request::new(request))
-            .await?
-            .into_inner())
+        in_process(
+            "/allezon.v1.IdService/GetOrCreateIds",
+            self.0.get_or_create_ids(Request::new(request)),
+        )
+        .await
     }
     async fn lookup_ids(&self, request: pb::LookupIdsRequest) -> Result<pb::IdsResponse> {
-        Ok(self.0.lookup_ids(Request::new(request)).await?.into_inner())
+        in_process(
+            "/allezon.v1.IdService/LookupIds",
+            self.0.lookup_ids(Request::new(request)),
+        )
+        .await
     }
 }
 

@@ -1,5 +1,8 @@
 //! The tower layer every gRPC call passes through, on both sides: it records
-//! the call's method, status code and duration in [`crate::metrics`].
+//! the call's method, status code and duration in [`crate::metrics`], and
+//! (when traces are on) wraps the call in its client or server span, with
+//! the W3C trace context injected into the request's metadata on the client
+//! side and taken out of it on the server side.
 //!
 //! It sits on the HTTP/2 request, under tonic's codec, so one layer serves
 //! every service and every generated client alike.
@@ -11,6 +14,7 @@ use std::time::Instant;
 
 use tonic::Code;
 use tower::{Layer, Service};
+use tracing::Instrument as _;
 
 use crate::metrics::{Grpc, metrics};
 
@@ -68,12 +72,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_owned();
+        let span = crate::trace::span::grpc(self.layer.server, &method);
+        if self.layer.server {
+            crate::trace::continue_from(&span, request.headers());
+            crate::trace::record_trace_id(&span);
+        } else {
+            crate::trace::inject(&span, request.headers_mut());
+        }
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let call = span.in_scope(|| self.inner.call(request));
         let layer = self.layer;
-        Box::pin(async move {
+        let future_span = span.clone();
+        let call = async move {
             let result = call.await;
             let code = match &result {
                 // An error status comes in the headers (a trailers-only
@@ -93,7 +105,12 @@ where
                 method.as_str()
             };
             layer.side.record(method, code, started.elapsed());
+            span.record("rpc.grpc.status_code", code as i32);
+            if code != Code::Ok {
+                crate::trace::span::failed(&span);
+            }
             result
-        })
+        };
+        Box::pin(call.instrument(future_span))
     }
 }

@@ -15,6 +15,7 @@ pub mod shutdown;
 pub mod tag;
 pub mod telemetry;
 pub mod time;
+pub mod trace;
 
 pub use error::{Error, ErrorKind, Result};
 pub use tag::{Action, Device, ProductId, ProductInfo, UserTag};

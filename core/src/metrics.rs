@@ -156,8 +156,13 @@ impl Stores {
         operation: &'static str,
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
+        use tracing::Instrument as _;
+        let span = crate::trace::span::store(store, operation);
         let started = Instant::now();
-        let result = work.await;
+        let result = work.instrument(span.clone()).await;
+        if result.is_err() {
+            crate::trace::span::failed(&span);
+        }
         let labels = StoreLabels { store, operation };
         self.duration
             .get_or_create(&labels)

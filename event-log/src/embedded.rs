@@ -171,7 +171,7 @@ impl EventLog for EmbeddedLog {
         &self,
         key: &[u8],
         payload: Vec<u8>,
-        _traceparent: Option<&str>,
+        _trace: &allezon_core::trace::Carried,
     ) -> Result<Position, LogError> {
         // The payload (a `TagEvent`) carries the trace context itself. Tags
         // of the all-in-one go through the `Appender` instead, which groups
@@ -225,7 +225,7 @@ impl EmbeddedConsumer {
                     partition,
                     offset,
                     payload: value.to_vec(),
-                    traceparent: None,
+                    trace: allezon_core::trace::Carried::default(),
                 });
                 *position = offset + 1;
             }
@@ -337,16 +337,23 @@ mod tests {
         {
             let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
             for i in 0..100u32 {
-                log.append(&i.to_be_bytes(), i.to_be_bytes().to_vec(), None)
-                    .await
-                    .unwrap();
+                log.append(
+                    &i.to_be_bytes(),
+                    i.to_be_bytes().to_vec(),
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
             }
         }
         let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 3).unwrap();
         let seen = read_dense(&log, 7).await;
         assert_eq!(seen.len(), 100);
         // Appends continue after the last offset, per partition.
-        let pos = log.append(b"x", b"y".to_vec(), None).await.unwrap();
+        let pos = log
+            .append(b"x", b"y".to_vec(), &Default::default())
+            .await
+            .unwrap();
         let before = seen.iter().filter(|r| r.partition == pos.partition).count() as u64;
         assert_eq!(pos.offset, before);
     }
@@ -356,7 +363,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(&Store::open(dir.path()).unwrap(), 1).unwrap();
         for i in 0..10u8 {
-            log.append(b"k", vec![i], None).await.unwrap();
+            log.append(b"k", vec![i], &Default::default())
+                .await
+                .unwrap();
         }
         let mut consumer = log.consumer("g").unwrap();
         consumer.commit(0, 4).await.unwrap();
@@ -371,7 +380,9 @@ mod tests {
         );
         // A waiting poll wakes on an append.
         let waiter = tokio::spawn(async move { again.poll(10, Duration::from_secs(30)).await });
-        log.append(b"k", vec![10], None).await.unwrap();
+        log.append(b"k", vec![10], &Default::default())
+            .await
+            .unwrap();
         let batch = waiter.await.unwrap().unwrap();
         assert_eq!(batch.len(), 1);
     }

@@ -10,6 +10,8 @@
 //! a commit that lags (or is lost in a rebalance) replays nothing.
 
 use std::collections::BTreeMap;
+
+use allezon_core::trace::{self, Carried};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -27,10 +29,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{EventLog, LogConsumer, LogError, Position, Record};
-
-/// Header that carries the W3C trace context of the request that accepted
-/// the tag, so the worker's span joins the gateway's trace.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// How to reach the topic, and what it should look like when created.
 #[derive(Debug, Clone)]
@@ -213,14 +211,21 @@ impl EventLog for KafkaLog {
         &self,
         key: &[u8],
         payload: Vec<u8>,
-        traceparent: Option<&str>,
+        trace: &Carried,
     ) -> Result<Position, LogError> {
         let mut record = FutureRecord::to(&self.topic).key(key).payload(&payload);
-        if let Some(traceparent) = traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: TRACEPARENT_HEADER,
-                value: Some(traceparent),
-            }));
+        if !trace.traceparent.is_empty() {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: trace::TRACEPARENT,
+                value: Some(&trace.traceparent),
+            });
+            if !trace.tracestate.is_empty() {
+                headers = headers.insert(Header {
+                    key: trace::TRACESTATE,
+                    value: Some(&trace.tracestate),
+                });
+            }
+            record = record.headers(headers);
         }
         let log = &allezon_core::metrics::metrics().log;
         let labels = allezon_core::metrics::LogLabels { log: "kafka" };
@@ -378,19 +383,27 @@ impl KafkaConsumer {
     }
 
     fn to_record(message: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
-        let traceparent = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == TRACEPARENT_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-        });
+        let header = |key: &str| {
+            message
+                .headers()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == key)
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default()
+        };
         Some(Record {
             partition: u32::try_from(message.partition()).ok()?,
             offset: u64::try_from(message.offset()).ok()?,
             payload: message.payload().unwrap_or_default().to_vec(),
-            traceparent,
+            trace: Carried {
+                traceparent: header(trace::TRACEPARENT),
+                tracestate: header(trace::TRACESTATE),
+            },
         })
     }
 }
@@ -455,6 +468,14 @@ impl LogConsumer for KafkaConsumer {
             self.consumer
                 .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
         Ok(u64::try_from(low).unwrap_or(0))
+    }
+
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
     fn end_offset(&self, partition: u32) -> Option<u64> {

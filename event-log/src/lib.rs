@@ -11,9 +11,10 @@ mod kafka;
 use std::future::Future;
 use std::time::Duration;
 
+use allezon_core::trace::Carried;
 pub use appender::{Appender, Staged};
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
-pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, TRACEPARENT_HEADER, test_brokers};
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, test_brokers};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -34,9 +35,9 @@ pub struct Record {
     pub partition: u32,
     pub offset: u64,
     pub payload: Vec<u8>,
-    /// W3C trace context of the request that accepted the record, when the
-    /// log carries one beside the payload (Kafka headers).
-    pub traceparent: Option<String>,
+    /// W3C trace context carried beside the payload (Kafka headers); empty
+    /// on the embedded log, whose records carry it in the payload.
+    pub trace: Carried,
 }
 
 /// Where a record was appended.
@@ -49,13 +50,13 @@ pub struct Position {
 /// The producing side.
 pub trait EventLog: Send + Sync + 'static {
     /// Appends `payload` to the partition that `key` maps to. Returns once the
-    /// record is durable. `traceparent` travels beside the payload where the
-    /// log has room for it (Kafka headers).
+    /// record is durable. `trace` travels beside the payload where the log
+    /// has room for it (Kafka headers).
     fn append(
         &self,
         key: &[u8],
         payload: Vec<u8>,
-        traceparent: Option<&str>,
+        trace: &Carried,
     ) -> impl Future<Output = Result<Position, LogError>> + Send;
 }
 
@@ -88,6 +89,16 @@ pub trait LogConsumer: Send {
     /// get) as this consumer last learnt it, without blocking; `None` before
     /// it knows. For the consumer lag metric.
     fn end_offset(&self, partition: u32) -> Option<u64>;
+
+    /// The log's kind, for the `messaging.system` of the worker's spans.
+    fn system(&self) -> &'static str {
+        "embedded"
+    }
+
+    /// The topic (or the embedded log's name), for the worker's spans.
+    fn topic(&self) -> &str {
+        "user-tags"
+    }
 
     /// Records that everything before `next_offset` in `partition` has been
     /// processed. Call only after the records' effects are durable elsewhere.

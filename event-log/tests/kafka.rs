@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use allezon_core::trace::Carried;
 use event_log::{EventLog, KafkaConfig, KafkaConsumer, KafkaLog, LogConsumer, Record};
 
 fn config(brokers: String, topic: &str, partitions: u32) -> KafkaConfig {
@@ -57,7 +58,10 @@ async fn produced_records_come_back_in_key_order_with_their_trace_context() {
             .append(
                 key.as_bytes(),
                 i.to_be_bytes().to_vec(),
-                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                &Carried {
+                    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    tracestate: "vendor=x".into(),
+                },
             )
             .await
             .unwrap();
@@ -84,8 +88,11 @@ async fn produced_records_come_back_in_key_order_with_their_trace_context() {
         .map(|r| u32::from_be_bytes(r.payload.as_slice().try_into().unwrap()))
         .collect();
     assert_eq!(payloads, (0..60).collect());
-    assert!(records.iter().all(|r| r.traceparent.as_deref()
-        == Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")));
+    assert!(records.iter().all(|r| r.trace
+        == Carried {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: "vendor=x".into(),
+        }));
 }
 
 #[tokio::test]
@@ -97,7 +104,9 @@ async fn commits_and_seeks_position_the_group() {
     config.ensure_topic().await.unwrap();
     let log = KafkaLog::new(&config).unwrap();
     for i in 0..20u8 {
-        log.append(b"k", vec![i], None).await.unwrap();
+        log.append(b"k", vec![i], &Carried::default())
+            .await
+            .unwrap();
     }
     let group = unique("group");
     {
@@ -138,7 +147,7 @@ async fn two_members_of_a_group_split_the_partitions() {
     // Keep both polling (rebalances happen inside polls) until the group has
     // settled on a split of all four partitions.
     loop {
-        log.append(unique("k").as_bytes(), vec![1], None)
+        log.append(unique("k").as_bytes(), vec![1], &Carried::default())
             .await
             .unwrap();
         a.poll(100, Duration::from_millis(100)).await.unwrap();

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use allezon_api::Services;
 use allezon_core::Error;
+use allezon_core::trace::Carried;
 use allezon_proto::v1 as pb;
 use event_log::EventLog;
 use prost::Message;
+use tracing::{Instrument as _, Span};
 
 pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
@@ -17,8 +19,11 @@ pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// answers 204. An error means the tag is in neither profiles nor
 /// statistics; success means it is, or will be once the workers catch up,
 /// in both.
+///
+/// The writer runs inside the request's span; the trace context it stores
+/// with the tag is its own write span's, so the worker's batch links to it.
 pub trait TagWriter: Send + Sync + 'static {
-    fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture;
+    fn write(&self, tag: pb::UserTag) -> WriteFuture;
 }
 
 /// The multi-process writer: the tag is appended to the event log (Kafka),
@@ -32,26 +37,34 @@ pub trait TagWriter: Send + Sync + 'static {
 /// or the other way round.
 pub struct LogWrites<L> {
     pub log: L,
+    /// The topic, for the producer span's name and attributes.
+    pub topic: String,
 }
 
 impl<L: EventLog + Clone> TagWriter for LogWrites<L> {
-    fn write(&self, tag: pb::UserTag, traceparent: Option<String>) -> WriteFuture {
+    fn write(&self, tag: pb::UserTag) -> WriteFuture {
         let log = self.log.clone();
-        Box::pin(async move {
-            let key = tag.cookie.clone().into_bytes();
-            let event = pb::TagEvent {
-                tag: Some(tag),
-                traceparent: traceparent.clone().unwrap_or_default(),
+        let span = allezon_core::trace::span::producer("kafka", &self.topic);
+        Box::pin(
+            async move {
+                let key = tag.cookie.clone().into_bytes();
+                let trace = Carried::of(&Span::current());
+                let event = pb::TagEvent {
+                    tag: Some(tag),
+                    traceparent: trace.traceparent.clone(),
+                    tracestate: trace.tracestate.clone(),
+                }
+                .encode_to_vec();
+                log.append(&key, event, &trace)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| {
+                        tracing::error!(%err, "event log append failed");
+                        Error::unavailable(format!("event log: {err}"))
+                    })
             }
-            .encode_to_vec();
-            log.append(&key, event, traceparent.as_deref())
-                .await
-                .map(|_| ())
-                .map_err(|err| {
-                    tracing::error!(%err, "event log append failed");
-                    Error::unavailable(format!("event log: {err}"))
-                })
-        })
+            .instrument(span),
+        )
     }
 }
 

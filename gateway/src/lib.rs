@@ -92,7 +92,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     let services = Services::connect_lazy(&config.services)?;
-    let tags = Arc::new(LogWrites { log });
+    let tags = Arc::new(LogWrites {
+        log,
+        topic: config.kafka.kafka_topic.clone(),
+    });
     let backends = Backends { services, tags };
     backends.warm_up().await;
     let listener = TcpListener::bind(config.http_addr).await?;

@@ -9,6 +9,8 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::MatchedPath;
 use axum::response::IntoResponse;
+use std::time::Duration;
+
 use http::{HeaderValue, Request};
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -16,6 +18,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 use crate::error::ApiError;
 
@@ -33,11 +36,11 @@ pub fn layer(router: Router) -> Router {
                 Counter::default(),
             ))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                    let route =
-                        crate::http_metrics::route_label(req.extensions().get::<MatchedPath>());
-                    tracing::debug_span!("http", method = %req.method(), route)
-                }),
+                TraceLayer::new_for_http()
+                    .make_span_with(http_span)
+                    .on_request(())
+                    .on_response(record_status)
+                    .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(x_request_id))
             .layer(axum::middleware::from_fn(crate::http_metrics::record))
@@ -54,6 +57,32 @@ pub fn layer(router: Router) -> Router {
             .load_shed()
             .concurrency_limit(MAX_IN_FLIGHT),
     )
+}
+
+/// The request's server span (nothing while traces are off), continuing
+/// the caller's trace when it sent `traceparent`.
+fn http_span<B>(request: &Request<B>) -> Span {
+    if !allezon_core::telemetry::enabled() {
+        return Span::none();
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|_| crate::http_metrics::route_label(request.extensions().get::<MatchedPath>()));
+    let span = allezon_core::trace::span::http_server(request.method().as_str(), route);
+    allezon_core::trace::continue_from(&span, request.headers());
+    allezon_core::trace::record_trace_id(&span);
+    span
+}
+
+fn record_status<B>(response: &http::Response<B>, latency: Duration, span: &Span) {
+    // Inside the request's span: with traces on, the line carries its
+    // trace id.
+    tracing::debug!(status = response.status().as_u16(), ?latency, "answered");
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        allezon_core::trace::span::failed(span);
+    }
 }
 
 /// Request ids from a process-wide counter: unique per process, cheap, and

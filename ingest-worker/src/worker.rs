@@ -13,12 +13,14 @@ use std::time::Duration;
 use allezon_api::{Aggregates, Ids, Profiles, Services};
 use allezon_core::cells::{Fold, FoldInput};
 use allezon_core::shutdown::Shutdown;
+use allezon_core::trace::Carried;
 use allezon_core::{Action, ErrorKind};
 use allezon_proto::v1 as pb;
 use event_log::{LogConsumer, LogError, Record};
 use prost::Message;
 use std::sync::Arc;
 use thiserror::Error;
+use tracing::Instrument as _;
 
 use crate::ids::IdCache;
 
@@ -304,8 +306,32 @@ impl<C: LogConsumer> Worker<C> {
         Ok(())
     }
 
-    /// Folds one partition's run of records and applies it, then commits.
+    /// Folds one partition's run of records and applies it, then commits,
+    /// inside one consumer span linked to the traces that wrote the records.
     async fn apply(&mut self, partition: u32, records: &[Record]) -> Result<(), WorkerError> {
+        let span = allezon_core::trace::span::consumer_batch(
+            self.consumer.system(),
+            self.consumer.topic(),
+            partition,
+            records.len(),
+        );
+        allezon_core::trace::record_trace_id(&span);
+        let result = self
+            .apply_batch(partition, records, &span)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            allezon_core::trace::span::failed(&span);
+        }
+        result
+    }
+
+    async fn apply_batch(
+        &mut self,
+        partition: u32,
+        records: &[Record],
+        span: &tracing::Span,
+    ) -> Result<(), WorkerError> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(());
         };
@@ -313,17 +339,26 @@ impl<C: LogConsumer> Worker<C> {
         let folding = std::time::Instant::now();
         let mut tags: Vec<pb::UserTag> = Vec::with_capacity(records.len());
         let mut offsets: Vec<u64> = Vec::with_capacity(records.len());
+        let mut traces: Vec<Carried> = Vec::new();
+        let traced = allezon_core::telemetry::enabled();
         for record in records {
-            if let Some(tag) = decode(record) {
+            if let Some((tag, trace)) = decode(record, traced) {
                 tags.push(tag);
                 offsets.push(record.offset);
+                if !trace.traceparent.is_empty() {
+                    traces.push(trace);
+                }
             }
         }
+        allezon_core::trace::link_all(span, &traces);
         if let Some(profiles) = &self.profiles {
             tags = store_profiles(profiles.as_ref(), partition, tags, &offsets).await?;
         }
+        // A child span even when the cache answers everything: the trace
+        // shows the step, and the call to id-svc under it when one was made.
         self.ids
             .resolve(tags.iter().flat_map(|t| names(t).into_iter()))
+            .instrument(allezon_core::trace::span::internal("resolve ids"))
             .await
             .map_err(WorkerError::Aggregates)?;
 
@@ -377,24 +412,11 @@ impl<C: LogConsumer> Worker<C> {
             }
             Err(status) => return Err(WorkerError::Aggregates(status)),
         }
-        self.consumer.commit(partition, next).await?;
+        self.consumer
+            .commit(partition, next)
+            .instrument(allezon_core::trace::span::internal("commit"))
+            .await?;
         self.record_lag();
-        // No span exporter yet: the trace context of the batch's tags goes
-        // into the log line, so a batch can be tied to the requests in it.
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let traceparents: Vec<&str> = records
-                .iter()
-                .filter_map(|r| r.traceparent.as_deref())
-                .take(8)
-                .collect();
-            tracing::debug!(
-                partition,
-                start,
-                next,
-                ?traceparents,
-                "batch applied and committed"
-            );
-        }
         Ok(())
     }
 
@@ -453,12 +475,30 @@ async fn store_profiles(
     Ok(counted)
 }
 
-fn decode(record: &Record) -> Option<pb::UserTag> {
+/// The tag of a record, and the trace context that wrote it (taken only
+/// when traces are exported).
+fn decode(record: &Record, traced: bool) -> Option<(pb::UserTag, Carried)> {
     if record.payload == event_log::NOOP_RECORD {
         return None;
     }
     match pb::TagEvent::decode(record.payload.as_slice()) {
-        Ok(pb::TagEvent { tag: Some(tag), .. }) => Some(tag),
+        Ok(pb::TagEvent {
+            tag: Some(tag),
+            traceparent,
+            tracestate,
+        }) => {
+            let trace = if !traced {
+                Carried::default()
+            } else if traceparent.is_empty() {
+                record.trace.clone()
+            } else {
+                Carried {
+                    traceparent,
+                    tracestate,
+                }
+            };
+            Some((tag, trace))
+        }
         Ok(_) | Err(_) => {
             // A record the gateway did not write; it cannot be counted, and
             // blocking the partition on it would stop all counting.

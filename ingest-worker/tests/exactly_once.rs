@@ -226,11 +226,15 @@ async fn run_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S
     for t in logged_tags(profiles) {
         let event = pb::TagEvent {
             tag: Some(t.clone()),
-            traceparent: String::new(),
+            ..Default::default()
         };
-        log.append(t.cookie.as_bytes(), event.encode_to_vec(), None)
-            .await
-            .unwrap();
+        log.append(
+            t.cookie.as_bytes(),
+            event.encode_to_vec(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     }
 
     // Small batches, so that kills land between apply and commit often.

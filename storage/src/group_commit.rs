@@ -58,6 +58,13 @@ impl GroupCommit {
     }
 
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        use tracing::Instrument as _;
+        self.wait()
+            .instrument(allezon_core::trace::span::internal("group_commit wait"))
+            .await
+    }
+
+    async fn wait(&self) -> Result<(), StoreError> {
         let ticket = self.shared.issued.fetch_add(1, Ordering::AcqRel) + 1;
         let mut synced = self.shared.synced.subscribe();
         {

@@ -8,11 +8,14 @@
 
 mod aggregates;
 mod bad_input;
+mod collector;
 mod consistency;
 mod durability;
 mod multiprocess;
+mod multiprocess_tracing;
 mod observability;
 mod outliers;
 mod profiles;
 mod replay;
 mod support;
+mod tracing;

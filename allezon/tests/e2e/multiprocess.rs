@@ -60,8 +60,13 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn spawn(bin: &str, args: &[String]) -> Child {
+    spawn_with_env(bin, args, &[])
+}
+
+pub(crate) fn spawn_with_env(bin: &str, args: &[String], env: &[(&str, String)]) -> Child {
     Command::new(bin_dir().join(bin))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "RUST_LOG",
             std::env::var("ALLEZON_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -89,7 +94,7 @@ impl Drop for Proc {
     }
 }
 
-fn s(v: impl ToString) -> String {
+pub(crate) fn s(v: impl ToString) -> String {
     v.to_string()
 }
 

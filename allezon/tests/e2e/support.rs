@@ -21,7 +21,13 @@ impl Server {
     /// Starts the binary on free ports with `data_dir`, and waits until it
     /// prints where it listens.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, env: &[(&str, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_allezon"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--admin-addr", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -77,6 +83,18 @@ impl Server {
             admin: None,
             grpc: None,
         }
+    }
+
+    /// SIGTERM, then waits for the process to shut down in order.
+    pub fn terminate(mut self) {
+        let mut child = self.child.take().expect("a process of its own");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let exited = child.wait().expect("reap");
+        assert!(exited.success(), "allezon exited with {exited}");
     }
 
     /// `kill -9`: no shutdown hook runs, nothing is flushed.

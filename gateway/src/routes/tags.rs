@@ -8,7 +8,7 @@ use allezon_proto::v1 as pb;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use crate::backends::Backends;
 use crate::error::{ApiError, body_error};
@@ -22,20 +22,18 @@ fn count(result: &'static str) {
 
 pub async fn post_user_tag(
     State(backends): State<Backends>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let tag = UserTag::from_json(&body.map_err(body_error)?)?;
     check_not_future(tag.time_ms, now_ms())?;
     let tag: pb::UserTag = tag.into();
-    let traceparent = traceparent(&headers);
     // The write returns only once durable, so a 204 means the tag survives a
     // crash of any process, in profiles and in the statistics alike. A
     // client that gives up (they wait 200 ms) drops this future: a tag not
     // handed to the writer yet is in neither view, and one handed over is
     // written whole by the writer (the appender thread, or librdkafka's
     // queue), in both; never half of it.
-    let written = backends.tags.write(tag, traceparent).await;
+    let written = backends.tags.write(tag).await;
     if let Err(err) = written {
         count("failed");
         return Err(err.into());
@@ -70,29 +68,9 @@ fn check_not_future(time_ms: i64, now_ms: i64) -> Result<(), Error> {
     Ok(())
 }
 
-/// The caller's W3C trace context, passed on to the event log so the
-/// worker's processing of the tag joins the caller's trace. Only a
-/// well-formed `version-traceid-spanid-flags` value is carried.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
-    // `version-traceid-spanid-flags`: 2, 32, 16 and 2 hex digits.
-    let mut lens = [2, 32, 16, 2].into_iter();
-    let well_formed = value
-        .split('-')
-        .all(|part| lens.next() == Some(part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit()))
-        && lens.next().is_none();
-    well_formed.then(|| value.to_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with(value: &str) -> Option<String> {
-        let mut headers = HeaderMap::new();
-        headers.insert("traceparent", value.parse().unwrap());
-        traceparent(&headers)
-    }
 
     #[test]
     fn tags_from_the_future_are_refused_and_the_past_is_not() {
@@ -103,20 +81,5 @@ mod tests {
         let err = check_not_future(253_402_300_799_999, now).unwrap_err(); // 9999
         assert!(err.to_string().contains("`time`"), "{err}");
         assert!(check_not_future(now + MAX_AHEAD_MS + 1, now).is_err());
-    }
-
-    #[test]
-    fn only_well_formed_trace_context_is_carried() {
-        let good = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
-        assert_eq!(with(good), Some(good.to_ascii_lowercase()));
-        assert_eq!(traceparent(&HeaderMap::new()), None);
-        for bad in [
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-ff",
-            "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",
-        ] {
-            assert_eq!(with(bad), None, "{bad}");
-        }
     }
 }
