@@ -45,6 +45,26 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// Keeps the `aerospike` readiness condition to whether the client has
+    /// a live node: a service that lost its cluster reports NOT_SERVING
+    /// until the client reconnects (it does so by itself).
+    pub fn watch(
+        &self,
+        readiness: &allezon_core::admin::Readiness,
+        shutdown: &allezon_core::shutdown::Shutdown,
+    ) {
+        let client = Arc::clone(&self.client);
+        readiness.watch(
+            "aerospike",
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+            move || {
+                let connected = client.is_connected();
+                async move { connected }
+            },
+        );
+    }
+
     /// Connects to the seed hosts in `args`, which must be set.
     pub async fn connect(args: &AerospikeArgs) -> Result<Self, Error> {
         let hosts = args

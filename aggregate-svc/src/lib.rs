@@ -73,6 +73,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let routes = if config.aerospike.aerospike_hosts.is_some() {
         let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
+        cluster.watch(&readiness, &shutdown);
         // Expiry is the cells' TTL: nothing to sweep.
         Routes::new(service(Arc::new(AerospikeAggregateStore::new(cluster))))
     } else {

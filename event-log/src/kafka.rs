@@ -155,6 +155,33 @@ impl KafkaLog {
 }
 
 impl KafkaLog {
+    /// Whether the brokers answer and every partition of the topic has a
+    /// leader: the readiness probe of the processes on Kafka. Asks the
+    /// brokers for the topic's metadata, off the async workers.
+    pub async fn reachable(&self, within: Duration) -> bool {
+        let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), within)
+                .ok()
+                .and_then(|metadata| {
+                    let topic = metadata.topics().first()?;
+                    Some(
+                        topic.error().is_none()
+                            && !topic.partitions().is_empty()
+                            && topic
+                                .partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0),
+                    )
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Takes the whole produce path through its first use before the
     /// gateway serves: waits until every partition of the topic has a leader
     /// (a topic created a moment ago may not), then produces `noop` (a

@@ -64,6 +64,21 @@ pub async fn serve(
         .await
 }
 
+/// Keeps the `kafka` readiness condition to whether the brokers answer: a
+/// gateway that cannot append tags is taken out of its Service's endpoints.
+pub fn watch_kafka(readiness: &Readiness, log: &KafkaLog, shutdown: &Shutdown) {
+    let log = log.clone();
+    readiness.watch(
+        "kafka",
+        Duration::from_secs(2),
+        shutdown.clone(),
+        move || {
+            let log = log.clone();
+            async move { log.reachable(Duration::from_secs(2)).await }
+        },
+    );
+}
+
 /// Runs the gateway alone until `shutdown`: tags go to the Kafka topic,
 /// where the ingest workers (their own processes) read them into profiles
 /// and statistics. The embedded log lives in the all-in-one binary only, beside its
@@ -92,6 +107,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     let services = Services::connect_lazy(&config.services)?;
+    watch_kafka(&readiness, &log, &shutdown);
     let tags = Arc::new(LogWrites {
         log,
         topic: config.kafka.kafka_topic.clone(),

@@ -37,6 +37,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let routes = if config.aerospike.aerospike_hosts.is_some() {
         let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
+        cluster.watch(&readiness, &shutdown);
         Routes::new(service(AerospikeIdStore::new(cluster)))
     } else {
         let dir = config.service.data.data_dir.join("ids");

@@ -64,10 +64,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
+    // The brokers' answer is the worker's readiness too (the consumer
+    // itself belongs to the worker task).
+    let probe = event_log::KafkaLog::new(&kafka)?;
+    readiness.watch(
+        "kafka",
+        std::time::Duration::from_secs(2),
+        shutdown.clone(),
+        move || {
+            let probe = probe.clone();
+            async move { probe.reachable(std::time::Duration::from_secs(2)).await }
+        },
+    );
     let services = Services::connect_lazy(&config.services)?;
     let worker = Worker::remote(consumer, services, WorkerConfig::default());
     tracing::info!(topic = %kafka.topic, group = %config.kafka_group, "ingest worker started");
     readiness.set(true);
-    worker.run(shutdown).await?;
+    if let Err(err) = worker.run(shutdown).await {
+        // The process ends on it, so that its supervisor restarts it (the
+        // restart resumes at the watermarks): statistics never freeze
+        // silently behind a worker that stopped.
+        readiness.set_condition("ingest-worker", false);
+        allezon_core::metrics::metrics().worker.failures.inc();
+        return Err(err.into());
+    }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! exporting to one OTLP receiver: the W3C context crosses gRPC metadata and
 //! Kafka headers, so one `/user_tags` request and the worker batch that
 //! folds it join up, with the services' server spans under the callers'
-//! client spans.
+//! client spans. Every binary's /metrics then passes promtool and shows its
+//! part of the work.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 use crate::collector::{Collector, Received, find};
 use crate::multiprocess::{Proc, free_port, s, spawn_with_env};
+use crate::observability::{promtool_check, sample, scrape};
 use crate::support::{Server, client, eventually};
 use crate::tracing::{CALLER_SPAN, TRACE_ID, batch_linked_to, http_span, send_traced};
 
@@ -48,16 +50,18 @@ async fn five_processes_export_one_connected_trace_per_tag() {
     let topic = format!("traced-{}-{nanos}", std::process::id());
     let mut procs = Vec::new();
     let mut endpoints = Vec::new();
+    let mut admins = Vec::new();
     for bin in ["profile-svc", "aggregate-svc", "id-svc"] {
-        let port = free_port();
+        let (port, admin) = (free_port(), free_port());
         endpoints.push(format!("http://127.0.0.1:{port}"));
+        admins.push((bin, admin));
         let args = [
             s("--grpc-addr"),
             format!("127.0.0.1:{port}"),
             s("--data-dir"),
             dir.path().join(bin).display().to_string(),
             s("--admin-addr"),
-            s("127.0.0.1:0"),
+            format!("127.0.0.1:{admin}"),
         ];
         procs.push(Proc(spawn_with_env(bin, &args, &env(bin))));
     }
@@ -164,5 +168,44 @@ async fn five_processes_export_one_connected_trace_per_tag() {
             find(spans, "query profiles", |r| r.is_child_of(served)).map(|_| ())
         })
         .await;
+
+    // Every binary's /metrics passes promtool, and shows its part of the
+    // work.
+    admins.push(("ingest-worker", worker_admin));
+    admins.push(("gateway", gateway_admin));
+    for (bin, admin) in admins {
+        let metrics = scrape(&client, &format!("http://127.0.0.1:{admin}")).await;
+        promtool_check(&metrics);
+        let moved: &[&str] = match bin {
+            "gateway" => &[
+                "allezon_http_requests_total{route=\"/user_tags\",method=\"POST\",status=\"204\"}",
+                "allezon_log_produce_duration_seconds_count{log=\"kafka\"}",
+                "allezon_grpc_client_requests_total{method=\"/allezon.v1.ProfileService/GetProfile\",code=\"OK\"}",
+            ],
+            "ingest-worker" => &[
+                "allezon_worker_batches_total",
+                "allezon_worker_apply_duration_seconds_count",
+                "allezon_grpc_client_requests_total{method=\"/allezon.v1.AggregateService/ApplyDeltas\",code=\"OK\"}",
+            ],
+            "profile-svc" => &[
+                "allezon_grpc_server_requests_total{method=\"/allezon.v1.ProfileService/AppendTags\",code=\"OK\"}",
+                "allezon_store_operation_duration_seconds_count{store=\"profiles\",operation=\"append\"}",
+                "allezon_store_fsync_duration_seconds_count",
+            ],
+            "aggregate-svc" => &[
+                "allezon_grpc_server_requests_total{method=\"/allezon.v1.AggregateService/ApplyDeltas\",code=\"OK\"}",
+                "allezon_aggregate_cells_written_total",
+            ],
+            _ => &[
+                "allezon_grpc_server_requests_total{method=\"/allezon.v1.IdService/GetOrCreateIds\",code=\"OK\"}",
+            ],
+        };
+        for series in moved {
+            let value = sample(&metrics, series)
+                .unwrap_or_else(|| panic!("{bin}: {series} missing:\n{metrics}"));
+            assert!(value >= 1.0, "{bin}: {series} = {value}");
+        }
+        assert!(sample(&metrics, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
+    }
     drop(procs);
 }

@@ -12,14 +12,14 @@ use crate::multiprocess::{Proc, free_port, spawn};
 use crate::support::{Server, client, eventually, post_tag, tag, tool};
 
 /// The value of the one sample named exactly `series` (with its labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn scrape(client: &reqwest::Client, admin: &str) -> String {
+pub(crate) async fn scrape(client: &reqwest::Client, admin: &str) -> String {
     let response = client.get(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
@@ -33,7 +33,7 @@ async fn scrape(client: &reqwest::Client, admin: &str) -> String {
     response.text().await.unwrap()
 }
 
-fn promtool_check(metrics: &str) {
+pub(crate) fn promtool_check(metrics: &str) {
     use std::io::Write;
     let mut child = Command::new(tool("promtool"))
         .args(["check", "metrics"])

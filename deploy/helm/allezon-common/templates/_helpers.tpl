@@ -101,6 +101,7 @@ first; the chart's `config` overrides them.
 {{- $_ := set $env "ALLEZON_ID_SVC" (include "allezon.endpoint" (list $ctx "id-svc" "idSvc")) -}}
 {{- end -}}
 {{- $_ := set $env "RUST_LOG" ($global.logLevel | default "info") -}}
+{{- $_ := set $env "ALLEZON_LOG_FORMAT" ($global.logFormat | default "text") -}}
 {{- with $global.otlp -}}
 {{- if .endpoint -}}
 {{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" .endpoint -}}
