@@ -78,7 +78,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Routes::new(service(Arc::new(AerospikeAggregateStore::new(cluster))))
     } else {
         let dir = config.service.data.data_dir.join("aggregates");
-        let store = EmbeddedAggregateStore::open(&Store::open(&dir)?)?;
+        let engine = Store::open(&dir)?;
+        engine.watch("storage", &readiness, &shutdown);
+        let store = EmbeddedAggregateStore::open(&engine)?;
         tokio::spawn(run_retention(store.clone(), shutdown.clone()));
         Routes::new(service(Arc::new(store)))
     };

@@ -141,6 +141,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let aggregates = EmbeddedAggregateStore::open_with(&cells, FlushPolicy::WRITE_BACK)?;
     let ids = EmbeddedIdStore::open(&store)?;
     let log = EmbeddedLog::open(&store, 1)?;
+    store.watch("storage", &readiness, &shutdown);
+    cells.watch("aggregate-storage", &readiness, &shutdown);
 
     let grpc_listener = TcpListener::bind(config.grpc_addr).await?;
     let http_listener = TcpListener::bind(config.http_addr).await?;

@@ -162,6 +162,9 @@ where
             .database()
             .persist(PersistMode::SyncData)
             .map_err(StoreError::from);
+        if synced.is_err() {
+            inner.store.mark_failed();
+        }
         let stores = &allezon_core::metrics::metrics().stores;
         stores
             .fsync_duration

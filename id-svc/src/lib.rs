@@ -41,7 +41,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Routes::new(service(AerospikeIdStore::new(cluster)))
     } else {
         let dir = config.service.data.data_dir.join("ids");
-        Routes::new(service(EmbeddedIdStore::open(&Store::open(&dir)?)?))
+        let engine = Store::open(&dir)?;
+        engine.watch("storage", &readiness, &shutdown);
+        Routes::new(service(EmbeddedIdStore::open(&engine)?))
     };
     // Bound only once the store is ready: an open port means "serving",
     // for scripts and probes that wait on it.

@@ -46,7 +46,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Routes::new(service(AerospikeProfileStore::new(cluster)))
     } else {
         let dir = profiles_dir(&config.service.data.data_dir);
-        Routes::new(service(EmbeddedProfileStore::open(&Store::open(&dir)?)?))
+        let engine = Store::open(&dir)?;
+        engine.watch("storage", &readiness, &shutdown);
+        Routes::new(service(EmbeddedProfileStore::open(&engine)?))
     };
     // Bound only once the store is ready: an open port means "serving",
     // for scripts and probes that wait on it.

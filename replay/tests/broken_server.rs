@@ -223,6 +223,20 @@ async fn rate_zero_means_as_fast_as_possible() {
     }
     let report = run(parse("0").unwrap().config).await.unwrap();
     assert_eq!(report.target_rate, None);
-    assert!(report.passed, "{}", allezon_replay::render(&report));
+    assert!(!report.too_slow, "no asked rate to fall short of");
     assert!(report.achieved_rate > 0.0);
+    // Every tag was sent and nothing answered wrong. Whether each answer
+    // also came within the client's 200 ms is not asserted: flat out on a
+    // shared 2-core machine, beside other tests, a few may not, and a test
+    // must not hang on timing.
+    let tags = &report.endpoints[0];
+    assert_eq!((tags.endpoint, tags.requests), ("user_tags", 2000));
+    assert!(
+        report
+            .endpoints
+            .iter()
+            .all(|e| e.wrong == 0 && e.errors == 0),
+        "{}",
+        allezon_replay::render(&report)
+    );
 }

@@ -5,7 +5,7 @@
 //! publishes that ticket as synced. Every ticket at or below it belongs to a
 //! write that was in the buffer before the persist began, so it is durable.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -27,6 +27,8 @@ struct Shared {
     wake: Mutex<Wake>,
     cond: Condvar,
     synced: watch::Sender<Synced>,
+    /// Shared with the store: set for good once an fsync failed.
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -41,20 +43,29 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn start(db: Database) -> Self {
+    /// Starts the syncer thread; a process that cannot start it must not
+    /// run, since every durable write would wait for it forever.
+    pub(crate) fn start(db: Database, failed: Arc<AtomicBool>) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             issued: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             wake: Mutex::new(Wake::default()),
             cond: Condvar::new(),
             synced: watch::Sender::new(Synced::default()),
+            failed,
         });
         let worker = Arc::clone(&shared);
         let syncer = std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || run_syncer(&worker, &db))
-            .ok();
-        Self { shared, syncer }
+            .map_err(|source| StoreError::Thread {
+                name: "group-commit",
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            syncer: Some(syncer),
+        })
     }
 
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
@@ -144,6 +155,7 @@ fn run_syncer(shared: &Shared, db: &Database) {
                 // fjall poisons itself after a failed fsync: nothing written
                 // since can be trusted, so every waiter, now and later, fails.
                 tracing::error!(%err, "journal fsync failed");
+                shared.failed.store(true, Ordering::Release);
                 shared.synced.send_modify(|s| s.failed = true);
                 return;
             }

@@ -11,7 +11,7 @@ mod group_commit;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// An atomic batch of writes across keyspaces (fjall calls it `OwnedWriteBatch`).
 pub use fjall::OwnedWriteBatch as WriteBatch;
@@ -51,6 +51,9 @@ pub struct Store {
     commit: Arc<GroupCommit>,
     /// Writes still to fail on purpose (see [`Store::inject_write_errors`]).
     faults: Arc<AtomicU64>,
+    /// Set once a journal fsync failed: the engine poisons itself then, and
+    /// no later write can be made durable (see [`Store::is_healthy`]).
+    failed: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -70,11 +73,13 @@ impl Store {
             .manual_journal_persist(true)
             .max_journaling_size(JOURNALS_MAX_BYTES)
             .open()?;
-        let commit = Arc::new(GroupCommit::start(db.clone()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let commit = Arc::new(GroupCommit::start(db.clone(), Arc::clone(&failed))?);
         Ok(Self {
             db,
             commit,
             faults: Arc::default(),
+            failed,
         })
     }
 
@@ -99,6 +104,37 @@ impl Store {
     /// offers no way to make a write fail on purpose.
     pub fn inject_write_errors(&self, count: u64) {
         self.faults.store(count, Ordering::Release);
+    }
+
+    /// Whether writes can still be made durable: false for good after a
+    /// failed fsync. The readiness of the processes on this engine.
+    pub fn is_healthy(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// Keeps the readiness condition `name` to [`Store::is_healthy`].
+    pub fn watch(
+        &self,
+        name: &'static str,
+        readiness: &allezon_core::admin::Readiness,
+        shutdown: &allezon_core::shutdown::Shutdown,
+    ) {
+        let failed = Arc::clone(&self.failed);
+        readiness.watch(
+            name,
+            std::time::Duration::from_secs(1),
+            shutdown.clone(),
+            move || {
+                let healthy = !failed.load(Ordering::Acquire);
+                async move { healthy }
+            },
+        );
+    }
+
+    /// Records a failed fsync made outside the group commit (the log's
+    /// appender persists its own batches).
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Fails if a write fault is injected; writers on the request path call
