@@ -7,7 +7,7 @@
 # nothing. Loopback only; every load is bounded in time.
 #
 #   ./scripts/bench-tracing.sh
-#   BASELINE=/tmp/allezon-before ROUNDS=3 DURATION=15s ./scripts/bench-tracing.sh
+#   BASELINE=/tmp/allezon-before ROUNDS=4 ORDER=alternate ./scripts/bench-tracing.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -48,10 +48,16 @@ if [ -n "${BASELINE:-}" ]; then
   PORT_before=$port
 fi
 
+# ORDER=alternate reverses the order every other round, so that no server
+# always runs first (the machine and the data directories drift over a run).
 RUN=0
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CONNECTIONS; do
-    for name in "${SERVERS[@]}"; do
+    order=("${SERVERS[@]}")
+    if [ "${ORDER:-}" = alternate ] && [ $((round % 2)) = 0 ]; then
+      order=(); for ((i = ${#SERVERS[@]} - 1; i >= 0; i--)); do order+=("${SERVERS[$i]}"); done
+    fi
+    for name in "${order[@]}"; do
       RUN=$((RUN + 1))
       port_var="PORT_$name"
       out=$(wrk -t2 -c"$c" -d"$DURATION" --latency -s scripts/load/user_tags.lua \
