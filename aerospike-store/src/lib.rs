@@ -5,6 +5,8 @@
 //! The stores themselves live with their services (`profile-svc`,
 //! `aggregate-svc`, `id-svc`), next to their embedded twins.
 
+mod pending;
+
 use std::sync::Arc;
 
 use aerospike::operations::{MapOrder, maps};
@@ -17,6 +19,7 @@ use allezon_core::Error;
 use allezon_core::config::{AerospikeArgs, AerospikeCommitLevel, AerospikeReplica};
 
 pub use aerospike;
+pub use pending::Pending;
 
 /// Connections per node kept open: about what a service has in flight at
 /// 2,000 tags/s with millisecond commands, with room for bursts.

@@ -72,10 +72,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let routes = if config.aerospike.aerospike_hosts.is_some() {
-        let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
-        cluster.watch(&readiness, &shutdown);
+        // Up and unready until the cluster answers (see `Pending`).
+        let store = allezon_aerospike::Pending::connect(
+            &config.aerospike,
+            &readiness,
+            &shutdown,
+            AerospikeAggregateStore::new,
+        );
         // Expiry is the cells' TTL: nothing to sweep.
-        Routes::new(service(Arc::new(AerospikeAggregateStore::new(cluster))))
+        Routes::new(service(Arc::new(store)))
     } else {
         let dir = config.service.data.data_dir.join("aggregates");
         let engine = Store::open(&dir)?;

@@ -23,10 +23,12 @@ const MAX_PENDING_RESETS: usize = 4096;
 /// Serves `routes` plus health and reflection on `listener` until `shutdown`
 /// is cancelled, then drains in-flight calls.
 ///
-/// `services` are the fully qualified names the health service reports,
-/// with the empty name for the whole server: SERVING while `readiness`
-/// holds, NOT_SERVING while it does not (a lost store, a stopping server),
-/// so gRPC probes and `/readyz` always agree.
+/// The health service answers two questions. The empty name (the whole
+/// server) is liveness: SERVING from the start until shutdown, so a probe
+/// never restarts a process that waits for its store. Each name in
+/// `services` is readiness: SERVING while `readiness` holds, NOT_SERVING
+/// while it does not (a store not reachable yet or lost, a stopping
+/// server), so gRPC readiness probes and `/readyz` always agree.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -35,9 +37,8 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let names: Vec<&'static str> = std::iter::once("")
-        .chain(services.iter().copied())
-        .collect();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    let names: Vec<&'static str> = services.to_vec();
     let mut ready = readiness.subscribe();
     {
         let reporter = reporter.clone();
@@ -57,7 +58,7 @@ pub async fn serve(
                     () = shutdown.cancelled() => {}
                 }
                 if shutdown.is_cancelled() {
-                    for name in &names {
+                    for name in std::iter::once(&"").chain(&names) {
                         reporter
                             .set_service_status(*name, ServingStatus::NotServing)
                             .await;

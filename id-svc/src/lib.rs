@@ -36,9 +36,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
     let routes = if config.aerospike.aerospike_hosts.is_some() {
-        let cluster = allezon_aerospike::Cluster::connect(&config.aerospike).await?;
-        cluster.watch(&readiness, &shutdown);
-        Routes::new(service(AerospikeIdStore::new(cluster)))
+        // Up and unready until the cluster answers (see `Pending`).
+        Routes::new(service(allezon_aerospike::Pending::connect(
+            &config.aerospike,
+            &readiness,
+            &shutdown,
+            AerospikeIdStore::new,
+        )))
     } else {
         let dir = config.service.data.data_dir.join("ids");
         let engine = Store::open(&dir)?;

@@ -55,6 +55,26 @@ pub struct CellFilter {
     pub category: u32,
 }
 
+/// A store on a cluster still connecting: UNAVAILABLE until it answers.
+impl<S: AggregateStore> AggregateStore for allezon_aerospike::Pending<S> {
+    async fn apply(&self, batch: DeltaBatch) -> Result<Applied> {
+        self.get()?.apply(batch).await
+    }
+
+    async fn watermarks(&self, partitions: &[u32]) -> Result<Vec<Watermark>> {
+        self.get()?.watermarks(partitions).await
+    }
+
+    async fn query(
+        &self,
+        filter: CellFilter,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<Totals>> {
+        self.get()?.query(filter, from_minute, to_minute).await
+    }
+}
+
 pub trait AggregateStore: Send + Sync + 'static {
     /// Applies `batch` exactly once: a batch ending at or below the
     /// partition's watermark is a replay and changes nothing; one that

@@ -314,3 +314,66 @@ async fn grpcurl_lists_describes_calls_and_health_checks_each_service_binary() {
             .unwrap();
     }
 }
+
+/// A store service started while Aerospike does not answer stays up: its
+/// gRPC port answers, the whole server is alive (health `""` SERVING), its
+/// service is not ready (NOT_SERVING, `/readyz` 503 naming `aerospike`),
+/// and calls fail with UNAVAILABLE, which callers retry; it keeps trying to
+/// connect in the background. No Aerospike server is needed to check this.
+#[tokio::test]
+async fn a_store_service_waits_unready_for_an_unreachable_aerospike() {
+    // A port nothing listens on.
+    let aerospike = free_port();
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Proc(spawn(
+        "profile-svc",
+        &[
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin}"),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--aerospike-hosts".into(),
+            format!("127.0.0.1:{aerospike}"),
+        ],
+    ));
+    let addr = format!("127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+    })
+    .await;
+    let client = client();
+    let readyz = client
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(readyz.text().await.unwrap().contains("aerospike"));
+    let checked = tokio::task::spawn_blocking(move || {
+        let alive = call(&addr, "grpc.health.v1.Health/Check", "{}");
+        let ready = call(
+            &addr,
+            "grpc.health.v1.Health/Check",
+            r#"{"service":"allezon.v1.ProfileService"}"#,
+        );
+        let out = Command::new(tool("grpcurl"))
+            .args(["-plaintext", "-d", r#"{"cookie":"c","from_ms":"0","to_ms":"1","limit":1}"#])
+            .arg(&addr)
+            .arg("allezon.v1.ProfileService/GetProfile")
+            .output()
+            .unwrap();
+        (alive, ready, String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(checked.0["status"], "SERVING");
+    assert_eq!(checked.1["status"], "NOT_SERVING");
+    assert!(checked.2.contains("Unavailable"), "{}", checked.2);
+    // Still up a few seconds later, retrying.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(proc.0.try_wait().unwrap().is_none(), "profile-svc exited");
+}

@@ -15,6 +15,17 @@ pub use embedded::EmbeddedIdStore;
 /// A name of one dimension.
 pub type Name = (Dimension, String);
 
+/// A store on a cluster still connecting: UNAVAILABLE until it answers.
+impl<S: IdStore> IdStore for allezon_aerospike::Pending<S> {
+    async fn get_or_create(&self, names: Vec<Name>) -> Result<Vec<u32>> {
+        self.get()?.get_or_create(names).await
+    }
+
+    async fn lookup(&self, names: Vec<Name>) -> Result<Vec<u32>> {
+        self.get()?.lookup(names).await
+    }
+}
+
 pub trait IdStore: Send + Sync + 'static {
     /// The id of each name, creating missing ones durably. Ids start at 1 and
     /// never change; concurrent first use of a name yields one id.

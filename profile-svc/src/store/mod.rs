@@ -27,6 +27,27 @@ pub struct Logged {
     pub origin: pb::TagOrigin,
 }
 
+/// A store on a cluster still connecting: UNAVAILABLE until it answers.
+impl<S: ProfileStore> ProfileStore for allezon_aerospike::Pending<S> {
+    async fn append(&self, tag: UserTag) -> Result<()> {
+        self.get()?.append(tag).await
+    }
+
+    async fn append_logged(&self, tags: Vec<Logged>) -> Result<Vec<bool>> {
+        self.get()?.append_logged(tags).await
+    }
+
+    async fn query(
+        &self,
+        cookie: &str,
+        action: Action,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<Tags> {
+        self.get()?.query(cookie, action, range, limit).await
+    }
+}
+
 pub trait ProfileStore: Send + Sync + 'static {
     /// Stores `tag`, durably, before returning. Appending the same tag twice
     /// (a client retry) stores it once.
