@@ -18,6 +18,7 @@ pub mod backends;
 pub mod error;
 mod http_metrics;
 mod routes;
+mod server;
 mod stack;
 
 use std::net::SocketAddr;
@@ -59,9 +60,7 @@ pub async fn serve(
     backends: Backends,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(backends))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    server::serve(listener, app(backends), shutdown).await
 }
 
 /// Keeps the `kafka` readiness condition to whether the brokers answer: a

@@ -17,10 +17,15 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::error::ApiError;
+
+/// How long a request body may take to arrive (a tag is a few hundred
+/// bytes, a debug body at most a few MB).
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Requests in flight beyond this are refused at once with 503: clients give
 /// up after 200 ms, so queueing past this point only serves dead requests.
@@ -43,6 +48,10 @@ pub fn layer(router: Router) -> Router {
                     .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(x_request_id))
+            // A body that trickles in holds a request slot: it gets this
+            // long in all, then the request fails (4xx) and frees it.
+            .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+            .map_request(|request: Request<_>| request.map(axum::body::Body::new))
             .layer(axum::middleware::from_fn(crate::http_metrics::record))
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError(Error::internal("handler panicked")).into_response()

@@ -151,3 +151,51 @@ async fn bad_queries_are_refused() {
         assert!(error["error"].is_string());
     }
 }
+
+/// Slow clients cannot hold the server: a connection that never finishes
+/// its headers is closed, and a body that trickles in gets a 4xx naming the
+/// body; then the server still answers. The bounds here are generous (the
+/// limits are 2 s each): they check that the server lets go, not how fast.
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_are_cut_off() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    // Slowloris: a request line and one header, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /user_tags HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with unfinished headers was kept open"
+    );
+
+    // A body announced at 300 bytes, of which 10 arrive.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST /user_tags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 300\r\n\r\n{\"time\":\"",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(15), trickle.read(&mut answer))
+        .await
+        .expect("a trickling body was waited for without end")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.contains("body"), "{answer}");
+
+    let client = client();
+    let t = tag("after-slow", "VIEW", 1_000, 1);
+    assert_eq!(crate::support::post_tag(&client, &server, &t).await, 204);
+}

@@ -361,12 +361,20 @@ async fn a_store_service_waits_unready_for_an_unreachable_aerospike() {
             r#"{"service":"allezon.v1.ProfileService"}"#,
         );
         let out = Command::new(tool("grpcurl"))
-            .args(["-plaintext", "-d", r#"{"cookie":"c","from_ms":"0","to_ms":"1","limit":1}"#])
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"cookie":"c","from_ms":"0","to_ms":"1","limit":1}"#,
+            ])
             .arg(&addr)
             .arg("allezon.v1.ProfileService/GetProfile")
             .output()
             .unwrap();
-        (alive, ready, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            alive,
+            ready,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     })
     .await
     .unwrap();
