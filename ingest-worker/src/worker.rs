@@ -59,6 +59,16 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// An internal error of a service: retried, but not forever.
+    fn is_fault(&self) -> bool {
+        match self {
+            WorkerError::Aggregates(status) | WorkerError::Profiles(status) => {
+                allezon_core::Error::from_status(status).kind() == ErrorKind::Internal
+            }
+            WorkerError::Log(_) => false,
+        }
+    }
+
     /// Failures that go away by themselves: a service restarting, a broker
     /// or network hiccup. The worker retries them with backoff.
     fn is_transient(&self) -> bool {
@@ -94,6 +104,13 @@ pub struct Worker<C> {
     /// Partitions positioned but not yet read from (see `step`).
     fresh: BTreeSet<u32>,
 }
+
+/// Retries of a batch that keeps failing with an internal error of a
+/// service (a store fault, a bug), about 15 s with the backoff: a fault
+/// that a restart of the service clears is retried, but one that never
+/// clears stops the worker, so it is seen (readiness, the failures metric,
+/// a restart by its supervisor) instead of freezing a partition forever.
+const MAX_FAULT_RETRIES: u32 = 8;
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -141,13 +158,25 @@ impl<C: LogConsumer> Worker<C> {
     /// with backoff; the batch in hand is finished before stopping.
     pub async fn run(mut self, shutdown: Shutdown) -> Result<(), WorkerError> {
         let mut backoff = FIRST_BACKOFF;
+        // Consecutive failures that may not go away by themselves.
+        let mut faults = 0;
         while !shutdown.is_cancelled() {
             let stepped = self.step(&shutdown).await;
             // Also while the services are down: the lag then grows.
             self.record_lag();
             match stepped {
-                Ok(()) => backoff = FIRST_BACKOFF,
+                Ok(()) => {
+                    backoff = FIRST_BACKOFF;
+                    faults = 0;
+                }
+                Err(err) if err.is_fault() && faults >= MAX_FAULT_RETRIES => {
+                    tracing::error!(%err, faults, "the same fault keeps failing the batch; giving up");
+                    return Err(err);
+                }
                 Err(err) if err.is_transient() => {
+                    if err.is_fault() {
+                        faults += 1;
+                    }
                     metrics().retries.inc();
                     tracing::warn!(%err, ?backoff, "aggregate path or log unavailable, retrying");
                     // Re-read the watermarks: the failed call may have landed.

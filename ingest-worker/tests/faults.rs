@@ -1,0 +1,146 @@
+//! Faults stay visible: a batch that keeps failing with an internal error
+//! of aggregate-svc is retried a bounded number of times, then the worker
+//! stops with the error (its process turns unready and ends), while
+//! UNAVAILABLE, a service restarting, is retried for as long as it lasts.
+
+#![allow(clippy::unwrap_used)] // helpers of the tests fail the test by panicking
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use allezon_api::{Aggregates, Ids};
+use allezon_core::shutdown::Shutdown;
+use allezon_proto::v1 as pb;
+use allezon_storage::Store;
+use event_log::{EmbeddedLog, EventLog};
+use ingest_worker::{Worker, WorkerConfig, WorkerError};
+use prost::Message;
+use tonic::Status;
+
+struct NamedIds;
+
+#[tonic::async_trait]
+impl Ids for NamedIds {
+    async fn get_or_create_ids(
+        &self,
+        request: pb::GetOrCreateIdsRequest,
+    ) -> Result<pb::IdsResponse, Status> {
+        Ok(pb::IdsResponse {
+            ids: (1..=request.names.len() as u32).collect(),
+        })
+    }
+    async fn lookup_ids(&self, request: pb::LookupIdsRequest) -> Result<pb::IdsResponse, Status> {
+        Ok(pb::IdsResponse {
+            ids: vec![0; request.names.len()],
+        })
+    }
+}
+
+/// Every apply fails with `status`; counts the attempts.
+struct Failing {
+    status: fn() -> Status,
+    applies: AtomicU32,
+}
+
+#[tonic::async_trait]
+impl Aggregates for Failing {
+    async fn apply_deltas(
+        &self,
+        _: pb::ApplyDeltasRequest,
+    ) -> Result<pb::ApplyDeltasResponse, Status> {
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        Err((self.status)())
+    }
+    async fn query_aggregates(
+        &self,
+        _: pb::QueryAggregatesRequest,
+    ) -> Result<pb::QueryAggregatesResponse, Status> {
+        Ok(pb::QueryAggregatesResponse::default())
+    }
+    async fn get_watermarks(
+        &self,
+        request: pb::GetWatermarksRequest,
+    ) -> Result<pb::GetWatermarksResponse, Status> {
+        Ok(pb::GetWatermarksResponse {
+            next_offsets: vec![0; request.partitions.len()],
+            pending_next_offsets: vec![0; request.partitions.len()],
+        })
+    }
+}
+
+async fn worker_against(
+    status: fn() -> Status,
+) -> (
+    Worker<event_log::EmbeddedConsumer>,
+    Arc<Failing>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = EmbeddedLog::open(&store, 1).unwrap();
+    let tag = pb::UserTag {
+        time_ms: 1_646_092_800_000,
+        cookie: "c".into(),
+        country: "PL".into(),
+        device: pb::Device::Pc as i32,
+        action: pb::Action::View as i32,
+        origin: "o".into(),
+        product_info: Some(pb::ProductInfo {
+            product_id: Some(pb::product_info::ProductId::ProductIdNumber(1)),
+            brand_id: "b".into(),
+            category_id: "k".into(),
+            price: 5,
+        }),
+    };
+    let event = pb::TagEvent {
+        tag: Some(tag),
+        ..Default::default()
+    };
+    log.append(b"c", event.encode_to_vec(), &Default::default())
+        .await
+        .unwrap();
+    let failing = Arc::new(Failing {
+        status,
+        applies: AtomicU32::new(0),
+    });
+    let worker = Worker::new(
+        log.consumer("g").unwrap(),
+        Arc::new(NamedIds),
+        Arc::clone(&failing) as Arc<dyn Aggregates>,
+        WorkerConfig {
+            linger: Duration::ZERO,
+            ..WorkerConfig::default()
+        },
+    );
+    (worker, failing, dir)
+}
+
+#[tokio::test]
+async fn an_internal_error_that_never_clears_stops_the_worker() {
+    let (worker, failing, _dir) = worker_against(|| Status::internal("bad cell")).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(120), worker.run(Shutdown::new()))
+        .await
+        .expect("the worker retried an internal error without end");
+    assert!(
+        matches!(stopped, Err(WorkerError::Aggregates(_))),
+        "{stopped:?}"
+    );
+    // Retried before giving up: a fault that a restart clears is survived.
+    assert!(failing.applies.load(Ordering::Relaxed) > 1);
+}
+
+#[tokio::test]
+async fn an_unavailable_service_is_waited_for() {
+    let (worker, failing, _dir) = worker_against(|| Status::unavailable("restarting")).await;
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    // Past the attempts an internal error gets (1 + 8 retries), counted in
+    // attempts rather than time.
+    while failing.applies.load(Ordering::Relaxed) < 10 {
+        assert!(!running.is_finished(), "the worker gave up on UNAVAILABLE");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    assert!(running.await.unwrap().is_ok());
+}
