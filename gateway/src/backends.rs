@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use allezon_api::Services;
 use allezon_core::Error;
@@ -39,10 +40,22 @@ pub struct LogWrites<L> {
     pub log: L,
     /// The topic, for the producer span's name and attributes.
     pub topic: String,
+    /// Whether the brokers answered the last probe (see
+    /// [`crate::watch_kafka`]). While they do not, tags are refused at once
+    /// with 503, never handed to the producer: a tag handed over may still
+    /// land after its client was told it failed, and one refused here
+    /// cannot, and the client learns in microseconds rather than after the
+    /// producer's timeout.
+    pub reachable: Arc<AtomicBool>,
 }
 
 impl<L: EventLog + Clone> TagWriter for LogWrites<L> {
     fn write(&self, tag: pb::UserTag) -> WriteFuture {
+        if !self.reachable.load(Ordering::Acquire) {
+            return Box::pin(std::future::ready(Err(Error::unavailable(
+                "event log: the Kafka brokers do not answer",
+            ))));
+        }
         let log = self.log.clone();
         let span = allezon_core::trace::span::producer("kafka", &self.topic);
         Box::pin(

@@ -47,7 +47,16 @@ impl IntoResponse for ApiError {
             }
             _ => self.0.message().to_owned(),
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            // Overload and outages pass; a client that honours this comes
+            // back when it is likely to be served.
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

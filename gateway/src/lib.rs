@@ -23,6 +23,7 @@ mod stack;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use allezon_api::Services;
@@ -63,19 +64,36 @@ pub async fn serve(
     server::serve(listener, app(backends), shutdown).await
 }
 
-/// Keeps the `kafka` readiness condition to whether the brokers answer: a
-/// gateway that cannot append tags is taken out of its Service's endpoints.
-pub fn watch_kafka(readiness: &Readiness, log: &KafkaLog, shutdown: &Shutdown) {
-    let log = log.clone();
-    readiness.watch(
-        "kafka",
-        Duration::from_secs(2),
-        shutdown.clone(),
-        move || {
-            let log = log.clone();
-            async move { log.reachable(Duration::from_secs(2)).await }
-        },
-    );
+/// How often the gateway asks the brokers whether they answer, and how
+/// long it waits for them. Two failed probes in a row make an outage (one
+/// slow answer on a saturated machine does not), so one is noticed within
+/// about three seconds.
+const KAFKA_PROBE_EVERY: Duration = Duration::from_millis(500);
+const KAFKA_PROBE_WAIT: Duration = Duration::from_secs(1);
+const KAFKA_PROBE_MISSES: u32 = 2;
+
+/// Keeps the `kafka` readiness condition to whether the brokers answer (a
+/// gateway that cannot append tags is taken out of its Service's
+/// endpoints), and returns the same answer as a flag for the tag writer.
+pub fn watch_kafka(readiness: &Readiness, log: &KafkaLog, shutdown: &Shutdown) -> Arc<AtomicBool> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let reachable = Arc::new(AtomicBool::new(true));
+    let misses = Arc::new(AtomicU32::new(0));
+    let (log, flag) = (log.clone(), Arc::clone(&reachable));
+    readiness.watch("kafka", KAFKA_PROBE_EVERY, shutdown.clone(), move || {
+        let (log, flag, misses) = (log.clone(), Arc::clone(&flag), Arc::clone(&misses));
+        async move {
+            let ok = if log.reachable(KAFKA_PROBE_WAIT).await {
+                misses.store(0, Ordering::Relaxed);
+                true
+            } else {
+                misses.fetch_add(1, Ordering::Relaxed) + 1 < KAFKA_PROBE_MISSES
+            };
+            flag.store(ok, Ordering::Release);
+            ok
+        }
+    });
+    reachable
 }
 
 /// Runs the gateway alone until `shutdown`: tags go to the Kafka topic,
@@ -106,10 +124,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
     }
     let services = Services::connect_lazy(&config.services)?;
-    watch_kafka(&readiness, &log, &shutdown);
+    let reachable = watch_kafka(&readiness, &log, &shutdown);
     let tags = Arc::new(LogWrites {
         log,
         topic: config.kafka.kafka_topic.clone(),
+        reachable,
     });
     let backends = Backends { services, tags };
     backends.warm_up().await;

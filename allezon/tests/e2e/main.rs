@@ -14,6 +14,7 @@ mod durability;
 mod multiprocess;
 mod multiprocess_tracing;
 mod observability;
+mod outage;
 mod outliers;
 mod profiles;
 mod replay;

@@ -81,7 +81,7 @@ pub(crate) fn spawn_with_env(bin: &str, args: &[String], env: &[(&str, String)])
 pub(crate) struct Proc(pub(crate) Child);
 
 impl Proc {
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }
