@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -64,7 +65,10 @@ pub fn layer(router: Router) -> Router {
                 ))
             }))
             .load_shed()
-            .concurrency_limit(MAX_IN_FLIGHT),
+            // One limit for the whole server: `Router::layer` wraps every
+            // route (and method) on its own, and a plain concurrency limit
+            // would give each its own slots.
+            .layer(GlobalConcurrencyLimitLayer::new(MAX_IN_FLIGHT)),
     )
 }
 
