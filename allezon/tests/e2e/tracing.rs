@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
+use crate::aggregates::{Query, query};
 use crate::collector::{Collector, Received, find, hex};
-use crate::support::{Server, client, tag};
+use crate::support::{Server, client, eventually, tag};
 
 /// The caller's own trace: the gateway must continue it.
 pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -84,9 +85,22 @@ async fn one_tag_is_one_connected_trace_in_the_all_in_one() {
     let server = Server::start_with_env(dir.path(), &env);
     let client = client();
     send_traced(&client, &server.base, "traced").await;
-    // Let the worker fold the tag, then stop: the last spans must be
-    // exported on the way out.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Once the tag is counted, the worker's batch span has ended; then
+    // stop: the spans still queued must be exported on the way out.
+    let counted = Query {
+        action: "BUY",
+        from: 0,
+        to: 1,
+        aggregates: &["COUNT"],
+        origin: None,
+        brand: None,
+        category: None,
+    };
+    eventually(Duration::from_secs(30), || {
+        let (client, server) = (&client, &server);
+        async move { query(client, server, &counted).await["rows"][0][2] == "1" }
+    })
+    .await;
     tokio::task::spawn_blocking(move || server.terminate())
         .await
         .unwrap();
