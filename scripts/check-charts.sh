@@ -32,7 +32,7 @@ for rendered in "$out"/*.yaml; do
       { echo "$rendered: $service is not rendered" >&2; exit 1; }
   done
   if grep -n '<nil>' "$rendered"; then echo "$rendered: a value is missing" >&2; exit 1; fi
-  kubernetes-validate --strict --quiet "$rendered"
+  python3 -m kubernetes_validate --strict --quiet "$rendered"
   echo "$(basename "$rendered"): $(grep -c '^kind:' "$rendered") manifests valid"
 done
 

@@ -93,7 +93,9 @@ if ! command -v helm >/dev/null 2>&1; then
   mkdir -p "$HOME/.cargo/bin"
   install_helm
 fi
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
+# Run as a module of this python3: pip's script directory may not be on
+# the PATH.
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   log "installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet kubernetes-validate
 fi
