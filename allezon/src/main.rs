@@ -13,7 +13,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9090");
+    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9464");
     let telemetry = allezon_core::telemetry::init("allezon");
     let running = allezon::start(cli.config, allezon_core::shutdown::on_signal()).await?;
     // One machine-readable line, so scripts and tests started with port 0

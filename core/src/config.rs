@@ -64,11 +64,14 @@ pub struct ServiceEndpointArgs {
 /// The operator's port: liveness, readiness and Prometheus metrics.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
+    // Each binary has its own default port (`parse_with_admin_default`), so
+    // the five processes fit on one machine next to the all-in-one: 9464
+    // (the OpenTelemetry Prometheus exporter's port) to 9469, clear of
+    // Prometheus (9090), its Pushgateway and Alertmanager (9091, 9093) and
+    // node_exporter (9100).
     /// Admin HTTP address serving `/healthz`, `/readyz` and `/metrics`, or
-    /// `off`. Each binary has its own default port (see
-    /// [`parse_with_admin_default`]), so the five processes fit on one
-    /// machine next to the all-in-one.
-    #[arg(long, env = "ALLEZON_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    /// `off`.
+    #[arg(long, env = "ALLEZON_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: AdminAddr,
 }
 

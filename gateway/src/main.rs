@@ -13,7 +13,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9091");
+    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9465");
     let telemetry = allezon_core::telemetry::init("gateway");
     let result = gateway::run(cli.config, allezon_core::shutdown::on_signal()).await;
     // The spans of the last requests, and of the shutdown, are exported

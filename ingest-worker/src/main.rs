@@ -13,7 +13,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9095");
+    let cli: Cli = allezon_core::config::parse_with_admin_default("127.0.0.1:9469");
     let telemetry = allezon_core::telemetry::init("ingest-worker");
     let result = ingest_worker::run(cli.config, allezon_core::shutdown::on_signal()).await;
     // The spans of the last requests, and of the shutdown, are exported

@@ -80,7 +80,8 @@ spec:
 
 {{/*
 The `helm test` pod: the release answers. `check` is a shell command run
-in the test image (busybox by default) with SVC set to the Service's name.
+in the test image (busybox by default) with SVC set to the Service's name
+and ADMIN_PORT to its admin port.
 */}}
 {{- define "allezon.testpod" -}}
 {{- $ctx := index . 0 -}}
@@ -110,6 +111,8 @@ spec:
       env:
         - name: SVC
           value: {{ include "allezon.fullname" $ctx }}
+        - name: ADMIN_PORT
+          value: {{ $ctx.Values.ports.admin | quote }}
       resources:
         requests:
           cpu: 10m
