@@ -46,6 +46,8 @@ pub async fn serve(
         let reporter = reporter.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // The service names follow readiness, and go NOT_SERVING for
+            // good on shutdown; the whole server's `""` is `on_shutdown`'s.
             loop {
                 let status = if *ready.borrow_and_update() && !shutdown.is_cancelled() {
                     ServingStatus::Serving
@@ -55,17 +57,12 @@ pub async fn serve(
                 for name in &names {
                     reporter.set_service_status(*name, status).await;
                 }
+                if shutdown.is_cancelled() {
+                    return;
+                }
                 tokio::select! {
                     changed = ready.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => {}
-                }
-                if shutdown.is_cancelled() {
-                    for name in std::iter::once(&"").chain(&names) {
-                        reporter
-                            .set_service_status(*name, ServingStatus::NotServing)
-                            .await;
-                    }
-                    return;
                 }
             }
         });

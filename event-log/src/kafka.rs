@@ -25,7 +25,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{EventLog, LogConsumer, LogError, Position, Record};
@@ -160,26 +160,9 @@ impl KafkaLog {
     /// brokers for the topic's metadata, off the async workers.
     pub async fn reachable(&self, within: Duration) -> bool {
         let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), within)
-                .ok()
-                .and_then(|metadata| {
-                    let topic = metadata.topics().first()?;
-                    Some(
-                        topic.error().is_none()
-                            && !topic.partitions().is_empty()
-                            && topic
-                                .partitions()
-                                .iter()
-                                .all(|p| p.error().is_none() && p.leader() >= 0),
-                    )
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
+        tokio::task::spawn_blocking(move || topic_ready(producer.client(), &topic, within))
+            .await
+            .unwrap_or(false)
     }
 
     /// Takes the whole produce path through its first use before the
@@ -230,6 +213,52 @@ impl KafkaLog {
             delivery.map_err(|(err, _)| LogError::Kafka(err))?;
         }
         Ok(())
+    }
+}
+
+/// Whether the brokers answer a metadata request for `topic` within
+/// `within`, with every partition led. Blocks: call off the async workers.
+fn topic_ready<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    within: Duration,
+) -> bool {
+    let Ok(metadata) = client.fetch_metadata(Some(topic), within) else {
+        return false;
+    };
+    metadata.topics().first().is_some_and(|topic| {
+        topic.error().is_none()
+            && !topic.partitions().is_empty()
+            && topic
+                .partitions()
+                .iter()
+                .all(|p| p.error().is_none() && p.leader() >= 0)
+    })
+}
+
+/// The readiness probe of a process that reads the topic but does not
+/// write it (a worker, whose consumer belongs to its task): a plain client
+/// with no producer state, asked [`KafkaProbe::reachable`].
+#[derive(Clone)]
+pub struct KafkaProbe {
+    client: Arc<BaseProducer>,
+    topic: Arc<str>,
+}
+
+impl KafkaProbe {
+    pub fn new(config: &KafkaConfig) -> Result<Self, LogError> {
+        Ok(Self {
+            client: Arc::new(config.client().create()?),
+            topic: config.topic.as_str().into(),
+        })
+    }
+
+    /// As [`KafkaLog::reachable`].
+    pub async fn reachable(&self, within: Duration) -> bool {
+        let (client, topic) = (Arc::clone(&self.client), Arc::clone(&self.topic));
+        tokio::task::spawn_blocking(move || topic_ready(client.client(), &topic, within))
+            .await
+            .unwrap_or(false)
     }
 }
 

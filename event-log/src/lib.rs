@@ -14,7 +14,7 @@ use std::time::Duration;
 use allezon_core::trace::Carried;
 pub use appender::{Appender, Staged};
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
-pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, test_brokers};
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, KafkaProbe, test_brokers};
 use thiserror::Error;
 
 #[derive(Debug, Error)]

@@ -78,10 +78,11 @@ fn http_span<B>(request: &Request<B>) -> Span {
     if !allezon_core::telemetry::enabled() {
         return Span::none();
     }
+    // No route for a path no route matched: the span is named by the method.
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|_| crate::http_metrics::route_label(request.extensions().get::<MatchedPath>()));
+        .map(|path| crate::http_metrics::route_label(Some(path)));
     let span = allezon_core::trace::span::http_server(request.method().as_str(), route);
     allezon_core::trace::continue_from(&span, request.headers());
     allezon_core::trace::record_trace_id(&span);

@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
     // The brokers' answer is the worker's readiness too (the consumer
     // itself belongs to the worker task).
-    let probe = event_log::KafkaLog::new(&kafka)?;
+    let probe = event_log::KafkaProbe::new(&kafka)?;
     readiness.watch(
         "kafka",
         std::time::Duration::from_secs(2),

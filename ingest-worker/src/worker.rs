@@ -374,7 +374,7 @@ impl<C: LogConsumer> Worker<C> {
             if let Some((tag, trace)) = decode(record, traced) {
                 tags.push(tag);
                 offsets.push(record.offset);
-                if !trace.traceparent.is_empty() {
+                if !trace.traceparent.is_empty() && traces.len() < allezon_core::trace::MAX_LINKS {
                     traces.push(trace);
                 }
             }

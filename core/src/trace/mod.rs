@@ -120,13 +120,18 @@ impl Carried {
     }
 }
 
-/// Links `span` to each of `contexts` (the messaging convention for a batch
-/// consumer: one batch span, linked to the traces of the messages in it).
+/// Links a span keeps: the SDK's default limit, which drops any beyond it;
+/// a batch of 10,000 tags parses no more contexts than will be kept.
+pub const MAX_LINKS: usize = 128;
+
+/// Links `span` to the first [`MAX_LINKS`] of `contexts` (the messaging
+/// convention for a batch consumer: one batch span, linked to the traces of
+/// the messages in it).
 pub fn link_all<'a>(span: &Span, contexts: impl IntoIterator<Item = &'a Carried>) {
     if !enabled() {
         return;
     }
-    for carried in contexts {
+    for carried in contexts.into_iter().take(MAX_LINKS) {
         if let Some(context) = carried.span_context() {
             span.add_link(context);
         }
