@@ -195,6 +195,9 @@ pub struct ResultLabels {
 pub struct Log {
     pub produce_duration: Histograms<LogLabels>,
     pub produce_errors: Family<LogLabels, Counter>,
+    /// Producers replaced after a fatal error (the idempotent producer's
+    /// state lost, e.g. a broker that forgot it).
+    pub producer_rebuilds: Counter,
 }
 
 /// The ingest worker.
@@ -357,6 +360,7 @@ impl Metrics {
         let log = Log {
             produce_duration: histograms(latency),
             produce_errors: Family::default(),
+            producer_rebuilds: Counter::default(),
         };
         {
             let r = root.sub_registry_with_prefix("log");
@@ -370,6 +374,11 @@ impl Metrics {
                 "produce_errors",
                 "Appends to the event log that failed, by log",
                 log.produce_errors.clone(),
+            );
+            r.register(
+                "producer_rebuilds",
+                "Kafka producers replaced after a fatal error",
+                log.producer_rebuilds.clone(),
             );
         }
 

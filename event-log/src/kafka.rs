@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use allezon_core::trace::{self, Carried};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -92,7 +92,12 @@ impl KafkaConfig {
             .set("bootstrap.servers", &self.brokers)
             // Loopback and cluster-internal brokers only: IPv4 first avoids a
             // dead `localhost` → ::1 attempt on hosts without IPv6.
-            .set("broker.address.family", "v4");
+            .set("broker.address.family", "v4")
+            // A topic is created on purpose, with the configured partitions
+            // (see `ensure_topic`), never by a metadata request with the
+            // broker's defaults: a broker that forgot the topic would
+            // otherwise bring it back with a partition count nobody chose.
+            .set("allow.auto.create.topics", "false");
         config
     }
 
@@ -127,16 +132,43 @@ impl KafkaConfig {
 }
 
 /// The producing side, shared by all requests of a gateway.
+///
+/// The idempotent producer keeps a producer id and sequence numbers that
+/// the brokers must remember. A broker that lost them (a test broker
+/// restarted empty, or a cluster rebuilt under the same address) makes
+/// librdkafka raise a fatal error, after which that producer refuses every
+/// send for good. So the producer is replaceable: the first caller that sees
+/// it fatally failed builds a new one, with a new id.
 #[derive(Clone)]
 pub struct KafkaLog {
-    producer: FutureProducer,
+    shared: Arc<Shared>,
     topic: Arc<str>,
     timeout: Duration,
 }
 
+struct Shared {
+    config: KafkaConfig,
+    producer: RwLock<FutureProducer>,
+    /// The last probe found the brokers unreachable, or a send timed out:
+    /// the producer in use may be stuck (see [`KafkaLog::reachable`]).
+    suspect: AtomicBool,
+}
+
 impl KafkaLog {
     pub fn new(config: &KafkaConfig) -> Result<Self, LogError> {
-        let producer = config
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config: config.clone(),
+                producer: RwLock::new(Self::producer_for(config)?),
+                suspect: AtomicBool::new(false),
+            }),
+            topic: config.topic.as_str().into(),
+            timeout: config.produce_timeout,
+        })
+    }
+
+    fn producer_for(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
+        Ok(config
             .client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -145,24 +177,97 @@ impl KafkaLog {
                 "message.timeout.ms",
                 config.produce_timeout.as_millis().to_string(),
             )
-            .create()?;
-        Ok(Self {
-            producer,
-            topic: config.topic.as_str().into(),
-            timeout: config.produce_timeout,
-        })
+            .create()?)
     }
-}
 
-impl KafkaLog {
+    /// The producer in use (a cheap handle).
+    fn producer(&self) -> FutureProducer {
+        self.shared
+            .producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `used` if it failed fatally and nobody replaced it yet.
+    /// Returns whether the producer in use is now a working one.
+    fn replace_if_fatal(&self, used: &FutureProducer) -> bool {
+        match used.client().fatal_error() {
+            Some((code, reason)) => self.replace(used, &format!("fatal error {code}: {reason}")),
+            None => true,
+        }
+    }
+
+    /// Puts a new producer in place of `used`, unless another caller did so
+    /// already. Returns whether the producer in use is now a new one.
+    fn replace(&self, used: &FutureProducer, why: &str) -> bool {
+        let mut current = self
+            .shared
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.client().native_ptr() != used.client().native_ptr() {
+            return true; // another caller got here first
+        }
+        match Self::producer_for(&self.shared.config) {
+            Ok(fresh) => {
+                tracing::warn!(why, "Kafka producer replaced by a new one");
+                allezon_core::metrics::metrics().log.producer_rebuilds.inc();
+                // Sends in flight keep the old producer alive until they end.
+                *current = fresh;
+                true
+            }
+            Err(err) => {
+                tracing::error!(%err, why, "Kafka producer cannot be rebuilt");
+                false
+            }
+        }
+    }
+
     /// Whether the brokers answer and every partition of the topic has a
     /// leader: the readiness probe of the processes on Kafka. Asks the
     /// brokers for the topic's metadata, off the async workers.
+    ///
+    /// Also repairs what a broker that lost its state leaves behind. Such a
+    /// broker does not know the idempotent producer's id: librdkafka then
+    /// either fails the producer for good or (as against tansu) lets every
+    /// send time out. So a producer failed for good is replaced at once, and
+    /// one that lived through an outage, or whose sends timed out, is
+    /// replaced as soon as the brokers answer again. A missing topic is
+    /// created again when this process is configured to create it.
     pub async fn reachable(&self, within: Duration) -> bool {
-        let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
-        tokio::task::spawn_blocking(move || topic_ready(producer.client(), &topic, within))
-            .await
-            .unwrap_or(false)
+        let producer = self.producer();
+        if !self.replace_if_fatal(&producer) {
+            return false;
+        }
+        let (producer, topic) = (self.producer(), Arc::clone(&self.topic));
+        let used = producer.clone();
+        let ready =
+            tokio::task::spawn_blocking(move || topic_state(producer.client(), &topic, within))
+                .await
+                .unwrap_or(TopicState::Unreachable);
+        if matches!(ready, TopicState::Unreachable) {
+            self.shared.suspect.store(true, Ordering::Release);
+        }
+        match ready {
+            TopicState::Ready => {
+                if self.shared.suspect.swap(false, Ordering::AcqRel) {
+                    return self.replace(
+                        &used,
+                        "the brokers answer again after an outage or a timed-out send",
+                    );
+                }
+                true
+            }
+            TopicState::Missing if self.shared.config.partitions > 0 => {
+                tracing::warn!(topic = %self.topic, "the topic is gone; creating it again");
+                if let Err(err) = self.shared.config.ensure_topic().await {
+                    tracing::warn!(%err, "re-creating the topic failed");
+                }
+                false
+            }
+            TopicState::Missing | TopicState::Unready | TopicState::Unreachable => false,
+        }
     }
 
     /// Takes the whole produce path through its first use before the
@@ -174,7 +279,7 @@ impl KafkaLog {
     pub async fn warm_up(&self, noop: &[u8], within: Duration) -> Result<(), LogError> {
         let deadline = tokio::time::Instant::now() + within;
         let partitions = loop {
-            let (producer, topic) = (self.producer.clone(), Arc::clone(&self.topic));
+            let (producer, topic) = (self.producer(), Arc::clone(&self.topic));
             let leaders = tokio::task::spawn_blocking(move || {
                 let metadata = producer
                     .client()
@@ -203,11 +308,12 @@ impl KafkaLog {
                 Err(err) => return Err(LogError::Kafka(err)),
             }
         };
+        let producer = self.producer();
         let sends = (0..partitions).map(|partition| {
             let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
                 .partition(i32::try_from(partition).unwrap_or(i32::MAX))
                 .payload(noop);
-            self.producer.send(record, self.timeout)
+            producer.send(record, self.timeout)
         });
         for delivery in futures::future::join_all(sends).await {
             delivery.map_err(|(err, _)| LogError::Kafka(err))?;
@@ -216,24 +322,46 @@ impl KafkaLog {
     }
 }
 
-/// Whether the brokers answer a metadata request for `topic` within
-/// `within`, with every partition led. Blocks: call off the async workers.
-fn topic_ready<C: ClientContext>(
+/// What a metadata request says of the topic.
+enum TopicState {
+    /// Every partition has a leader.
+    Ready,
+    /// The brokers answer, and do not know the topic.
+    Missing,
+    /// The topic exists, but some partition has no leader (yet).
+    Unready,
+    /// The brokers did not answer in time.
+    Unreachable,
+}
+
+/// What the brokers say of `topic` within `within`. Blocks: call off the
+/// async workers.
+fn topic_state<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     within: Duration,
-) -> bool {
+) -> TopicState {
     let Ok(metadata) = client.fetch_metadata(Some(topic), within) else {
-        return false;
+        return TopicState::Unreachable;
     };
-    metadata.topics().first().is_some_and(|topic| {
-        topic.error().is_none()
-            && !topic.partitions().is_empty()
-            && topic
-                .partitions()
-                .iter()
-                .all(|p| p.error().is_none() && p.leader() >= 0)
-    })
+    let Some(topic) = metadata.topics().first() else {
+        return TopicState::Missing;
+    };
+    match topic.error() {
+        Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+            TopicState::Missing
+        }
+        Some(_) => TopicState::Unready,
+        None if topic.partitions().is_empty() => TopicState::Missing,
+        None if topic
+            .partitions()
+            .iter()
+            .all(|p| p.error().is_none() && p.leader() >= 0) =>
+        {
+            TopicState::Ready
+        }
+        None => TopicState::Unready,
+    }
 }
 
 /// The readiness probe of a process that reads the topic but does not
@@ -256,9 +384,14 @@ impl KafkaProbe {
     /// As [`KafkaLog::reachable`].
     pub async fn reachable(&self, within: Duration) -> bool {
         let (client, topic) = (Arc::clone(&self.client), Arc::clone(&self.topic));
-        tokio::task::spawn_blocking(move || topic_ready(client.client(), &topic, within))
-            .await
-            .unwrap_or(false)
+        tokio::task::spawn_blocking(move || {
+            matches!(
+                topic_state(client.client(), &topic, within),
+                TopicState::Ready
+            )
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 
@@ -286,12 +419,22 @@ impl EventLog for KafkaLog {
         let log = &allezon_core::metrics::metrics().log;
         let labels = allezon_core::metrics::LogLabels { log: "kafka" };
         let started = std::time::Instant::now();
-        let delivery = self.producer.send(record, self.timeout).await;
+        let producer = self.producer();
+        let delivery = producer.send(record, self.timeout).await;
         log.produce_duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         let delivery = delivery.map_err(|(err, _)| {
             log.produce_errors.get_or_create(&labels).inc();
+            // This tag failed either way; the next ones get a working
+            // producer, now or after the next probe.
+            if matches!(
+                err,
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+            ) {
+                self.shared.suspect.store(true, Ordering::Release);
+            }
+            self.replace_if_fatal(&producer);
             LogError::Kafka(err)
         })?;
         Ok(Position {

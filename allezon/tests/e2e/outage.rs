@@ -2,7 +2,9 @@
 //! killed with SIGKILL. Within seconds the gateway reports itself unready
 //! and answers tags with 503 and `Retry-After` at once, without handing
 //! them to the producer (a tag handed over might still land after its
-//! client was told it failed).
+//! client was told it failed). When the broker comes back empty, having
+//! forgotten the topic and the producer's idempotent state, the gateway
+//! recovers by itself.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ fn tansu(port: u16) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn during_a_broker_outage_tags_get_a_fast_503_and_the_gateway_is_unready() {
+async fn a_broker_outage_gets_fast_503s_and_an_empty_restarted_broker_is_used_again() {
     let kafka = free_port();
     let mut broker = Proc(tansu(kafka));
     eventually(Duration::from_secs(30), || async move {
@@ -102,4 +104,43 @@ async fn during_a_broker_outage_tags_get_a_fast_503_and_the_gateway_is_unready()
     }
     // Reported, not asserted: timing depends on the machine.
     eprintln!("during the outage the slowest of 20 tags was answered 503 in {slowest:?}");
+
+    // The broker comes back on the same port, empty: it forgot the topic
+    // and the producer's idempotent id. The gateway creates the topic again
+    // (it was told to create it) and replaces its producer, by itself.
+    let _broker = Proc(tansu(kafka));
+    let restarted = Instant::now();
+    let mut n = 0;
+    eventually(Duration::from_secs(60), || {
+        n += 1;
+        let (client, server) = (client.clone(), &server);
+        async move {
+            let t = tag("after-outage", "VIEW", 3_000 + n, n);
+            let response = client.post(server.url("/user_tags")).json(&t).send().await;
+            matches!(response, Ok(r) if r.status() == 204)
+        }
+    })
+    .await;
+    eprintln!(
+        "tags were accepted again {:?} after the broker restarted",
+        restarted.elapsed()
+    );
+    assert!(matches!(readyz(client.clone()).await, Some((200, _))));
+    for n in 0..20 {
+        let t = tag("recovered", "VIEW", 4_000 + n, n);
+        assert_eq!(crate::support::post_tag(&client, &server, &t).await, 204);
+    }
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rebuilds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("allezon_log_producer_rebuilds_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(rebuilds.is_some_and(|n| n >= 1), "{rebuilds:?}");
 }
