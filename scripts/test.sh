@@ -100,6 +100,17 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   python3 -m pip install --quiet kubernetes-validate
 fi
 
+# schemathesis (PyPI) fuzzes the REST API against its OpenAPI document;
+# cargo-fuzz drives the parsers' libFuzzer targets.
+if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  log "installing schemathesis (PyPI)"
+  python3 -m pip install --quiet schemathesis==4.32.5
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz (first run on this machine only)"
+  cargo install --locked cargo-fuzz --version 0.13.2
+fi
+
 TANSU_PID=""
 cleanup() {
   if [ -n "$TANSU_PID" ]; then
@@ -140,3 +151,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast "$@" "${libtest_ignored[@]}"
 fi
+
+log "REST API against its OpenAPI document (schemathesis)"
+./scripts/contract-fuzz.sh
+
+log "parser fuzz targets (cargo fuzz, ${FUZZ_SECONDS:-30} s each)"
+./scripts/fuzz.sh

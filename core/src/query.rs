@@ -9,6 +9,9 @@ use crate::time::{MS_PER_MINUTE, Precision, parse_query_time};
 pub const PROFILE_KEEP: u32 = 200;
 /// Longest aggregate range served: the 24 hours that retention keeps.
 pub const MAX_AGGREGATE_MINUTES: i64 = 24 * 60;
+/// Most query parameters read. A real query has at most seven; parsing
+/// thousands of them per request would be work for nothing.
+pub const MAX_QUERY_PARAMS: usize = 32;
 
 /// A half-open range of event time, `[from_ms, to_ms)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,7 @@ impl ProfileQuery {
     pub fn parse(query: Option<&str>) -> Result<Self> {
         let mut range = None;
         let mut limit = None;
-        for (key, value) in pairs(query) {
+        for (key, value) in pairs(query)? {
             match key.as_ref() {
                 "time_range" => set_once(&mut range, "time_range", TimeRange::parse(&value)?.0)?,
                 "limit" => set_once(&mut limit, "limit", parse_limit(&value)?)?,
@@ -105,7 +108,7 @@ impl AggregateQuery {
         let mut action = None;
         let mut aggregates = Vec::new();
         let (mut origin, mut brand_id, mut category_id) = (None, None, None);
-        for (key, value) in pairs(query) {
+        for (key, value) in pairs(query)? {
             match key.as_ref() {
                 "time_range" => set_once(&mut range, "time_range", TimeRange::parse(&value)?.0)?,
                 "action" => {
@@ -118,9 +121,15 @@ impl AggregateQuery {
                     "SUM_PRICE" => Aggregate::SumPrice,
                     _ => return Err(Error::invalid("aggregates", "must be COUNT or SUM_PRICE")),
                 }),
-                "origin" => set_once(&mut origin, "origin", value.into_owned())?,
-                "brand_id" => set_once(&mut brand_id, "brand_id", value.into_owned())?,
-                "category_id" => set_once(&mut category_id, "category_id", value.into_owned())?,
+                "origin" => set_once(&mut origin, "origin", filter("origin", value)?)?,
+                "brand_id" => set_once(&mut brand_id, "brand_id", filter("brand_id", value)?)?,
+                "category_id" => {
+                    set_once(
+                        &mut category_id,
+                        "category_id",
+                        filter("category_id", value)?,
+                    )?;
+                }
                 _ => {}
             }
         }
@@ -172,8 +181,26 @@ impl AggregateQuery {
     }
 }
 
-fn pairs(query: Option<&str>) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+fn pairs(query: Option<&str>) -> Result<form_urlencoded::Parse<'_>> {
+    let query = query.unwrap_or("");
+    if query.split('&').count() > MAX_QUERY_PARAMS {
+        return Err(Error::invalid(
+            "query",
+            format_args!("more than {MAX_QUERY_PARAMS} parameters"),
+        ));
+    }
+    Ok(form_urlencoded::parse(query.as_bytes()))
+}
+
+/// A filter value: a tag field could never hold a longer one.
+fn filter(field: &str, value: std::borrow::Cow<'_, str>) -> Result<String> {
+    if value.len() > crate::tag::MAX_FIELD_LEN {
+        return Err(Error::invalid(
+            field,
+            format_args!("longer than {} bytes", crate::tag::MAX_FIELD_LEN),
+        ));
+    }
+    Ok(value.into_owned())
 }
 
 fn set_once<T>(slot: &mut Option<T>, field: &str, value: T) -> Result<()> {
@@ -286,6 +313,17 @@ mod tests {
                     .to_owned(),
                 "time_range",
             ),
+            (
+                format!("{base}&action=BUY&aggregates=COUNT{}", "&x=1".repeat(30)),
+                "query",
+            ),
+            (
+                format!(
+                    "{base}&action=BUY&aggregates=COUNT&brand_id={}",
+                    "b".repeat(crate::tag::MAX_FIELD_LEN + 1)
+                ),
+                "brand_id",
+            ),
         ] {
             let err = AggregateQuery::parse(Some(&query)).unwrap_err();
             assert!(err.message().contains(field), "{query}: {}", err.message());
@@ -293,6 +331,10 @@ mod tests {
     }
 
     proptest! {
+        // Parsers of client input: cheap cases, so many of them (next to
+        // the cargo-fuzz targets in fuzz/).
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
         #[test]
         fn time_ranges_round_trip(a in MIN_MS..=MAX_MS, b in MIN_MS..=MAX_MS) {
             let (from, to) = (a.min(b), a.max(b));

@@ -417,6 +417,10 @@ mod tests {
     }
 
     proptest! {
+        // Parsers of client input: cheap cases, so many of them (next to
+        // the cargo-fuzz targets in fuzz/).
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
         #[test]
         fn json_round_trips(tag in arb_tag()) {
             let json = serde_json::to_vec(&tag).unwrap();

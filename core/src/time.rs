@@ -235,6 +235,10 @@ mod tests {
     }
 
     proptest! {
+        // Parsers of client input: cheap cases, so many of them (next to
+        // the cargo-fuzz targets in fuzz/).
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
         #[test]
         fn tag_time_round_trips(ms in MIN_MS..=MAX_MS) {
             let text = format_tag_time(ms);
