@@ -7,6 +7,9 @@
 #   KAFKA=127.0.0.1:9092 ./scripts/cluster.sh start    # starts everything, returns
 #   ./scripts/cluster.sh kill-worker 1                  # SIGKILL worker 1
 #   ./scripts/cluster.sh start-worker 1                 # (re)start worker 1
+#   ./scripts/cluster.sh kill profile-svc               # SIGKILL one process:
+#   ./scripts/cluster.sh restart profile-svc            # gateway, profile-svc,
+#                                                       # aggregate-svc, id-svc, worker-N
 #   ./scripts/cluster.sh stop                           # SIGTERM everything
 #
 # Environment: KAFKA (bootstrap servers, required), AEROSPIKE_HOSTS
@@ -51,31 +54,57 @@ worker() { # index
     --admin-addr "127.0.0.1:$((9100 + $1))"
 }
 
+# Each store service keeps its data under $RUN/data, so a restarted one
+# finds what it had. Each admin port is fixed, for scraping.
+id_svc() {
+  launch id-svc id-svc --grpc-addr "127.0.0.1:$ID_PORT" --data-dir "$RUN/data" \
+    --admin-addr 127.0.0.1:9098 "${common[@]}"
+}
+profile_svc() {
+  launch profile-svc profile-svc --grpc-addr "127.0.0.1:$PROFILE_PORT" \
+    --data-dir "$RUN/data" --admin-addr 127.0.0.1:9096 "${common[@]}"
+}
+aggregate_svc() {
+  launch aggregate-svc aggregate-svc --grpc-addr "127.0.0.1:$AGGREGATE_PORT" \
+    --data-dir "$RUN/data" --admin-addr 127.0.0.1:9097 "${common[@]}"
+}
+gateway() {
+  launch gateway gateway --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:9100 \
+    --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" --kafka-create-partitions "$PARTITIONS" \
+    --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
+    --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT"
+}
+
 case "${1:-}" in
   start)
     : "${KAFKA:?set KAFKA to the bootstrap servers}"
     cargo build --release --locked -p gateway -p profile-svc -p aggregate-svc -p id-svc \
       -p ingest-worker >&2
-    launch id-svc id-svc --grpc-addr "127.0.0.1:$ID_PORT" --data-dir "$RUN/data" "${common[@]}"
-    launch profile-svc profile-svc --grpc-addr "127.0.0.1:$PROFILE_PORT" \
-      --data-dir "$RUN/data" "${common[@]}"
-    launch aggregate-svc aggregate-svc --grpc-addr "127.0.0.1:$AGGREGATE_PORT" \
-      --data-dir "$RUN/data" "${common[@]}"
+    id_svc; profile_svc; aggregate_svc
     # The services bind their port once their store is ready; the gateway
     # opens its connections to them before it serves.
     for port in $ID_PORT $PROFILE_PORT $AGGREGATE_PORT; do wait_port "$port"; done
     for i in $(seq 1 "$WORKERS"); do worker "$i"; done
-    launch gateway gateway --http-addr "127.0.0.1:$HTTP_PORT" --admin-addr 127.0.0.1:9100 \
-      --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" --kafka-create-partitions "$PARTITIONS" \
-      --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
-      --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT"
+    gateway
     wait_port "$HTTP_PORT"
     echo "allezon cluster: http://127.0.0.1:$HTTP_PORT, logs in $RUN/logs" >&2
     ;;
   kill-worker) kill -9 "$(cat "$RUN/worker-$2.pid")" ;;
   start-worker) : "${KAFKA:?set KAFKA}"; worker "$2" ;;
+  kill) kill -9 "$(cat "$RUN/$2.pid")" ;;
+  restart)
+    : "${KAFKA:?set KAFKA}"
+    case "$2" in
+      gateway) gateway; wait_port "$HTTP_PORT" ;;
+      profile-svc) profile_svc ;;
+      aggregate-svc) aggregate_svc ;;
+      id-svc) id_svc ;;
+      worker-*) worker "${2#worker-}" ;;
+      *) echo "unknown process $2" >&2; exit 2 ;;
+    esac
+    ;;
   stop)
     for pid in "$RUN"/*.pid; do kill "$(cat "$pid")" 2>/dev/null || true; rm -f "$pid"; done
     ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

@@ -64,7 +64,7 @@ impl TagWriter for EmbeddedIngest {
                     traceparent: trace.traceparent,
                     tracestate: trace.tracestate,
                 };
-                appender.append(event).await.map(|_| ()).map_err(|err| {
+                appender.append(event).await.map_err(|err| {
                     tracing::error!(%err, "tag write failed");
                     Error::unavailable(format!("storage: {err}"))
                 })

@@ -106,7 +106,7 @@ async fn watched_worker(
     worker_shutdown: Shutdown,
     process_shutdown: Shutdown,
 ) -> Result<(), ingest_worker::WorkerError> {
-    let result = worker.run(worker_shutdown.clone()).await;
+    let result = ingest_worker::run_watched(worker, worker_shutdown.clone()).await;
     if !worker_shutdown.is_cancelled() {
         readiness.set_condition("ingest-worker", false);
         allezon_core::metrics::metrics().worker.failures.inc();
@@ -194,9 +194,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // from the log now; answers wait for that, so that no query counts a
     // tag acknowledged before the crash as missing.
     caught_up(&cell_store, &log, &worker).await?;
+    // Profiles are written with the tag here; only the statistics come
+    // from the worker.
+    let freshness = gateway::freshness::Freshness::new(gateway::freshness::STATISTICS_WINDOW_LIMIT);
+    freshness.spawn_watch(Arc::clone(&in_process.aggregates), shutdown.clone());
     let backends = gateway::Backends {
         services: in_process,
         tags: Arc::new(EmbeddedIngest::start(&log, profiles)?),
+        freshness,
     };
     let gateway = tokio::spawn(gateway::serve(http_listener, backends, shutdown));
     readiness.set(true);

@@ -69,6 +69,9 @@ pub struct Http {
     pub duration: Histograms<RouteLabels>,
     pub in_flight: Gauge,
     pub shed: Counter,
+    /// How far behind the ingest workers are, as the gateway measures it
+    /// (see `gateway::freshness`).
+    pub ingest_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -216,6 +219,8 @@ pub struct Worker {
     pub id_cache: Family<ResultLabels, Counter>,
     /// Worker tasks that ended other than by shutdown.
     pub failures: Counter,
+    /// Workers stopped because their loop stopped coming round.
+    pub stuck: Counter,
 }
 
 /// The aggregate cells.
@@ -277,6 +282,7 @@ impl Metrics {
             duration: histograms(latency),
             in_flight: Gauge::default(),
             shed: Counter::default(),
+            ingest_lag: Gauge::default(),
         };
         {
             let r = root.sub_registry_with_prefix("http");
@@ -302,6 +308,12 @@ impl Metrics {
                 http.shed.clone(),
             );
         }
+        root.register_with_unit(
+            "ingest_lag",
+            "Age of the oldest tag the ingest workers have not applied yet, as the gateway measures it",
+            Unit::Seconds,
+            http.ingest_lag.clone(),
+        );
 
         let grpc = |side: &str, root: &mut Registry| {
             let grpc = Grpc {
@@ -395,6 +407,7 @@ impl Metrics {
             stale: Counter::default(),
             id_cache: Family::default(),
             failures: Counter::default(),
+            stuck: Counter::default(),
         };
         {
             let r = root.sub_registry_with_prefix("worker");
@@ -459,6 +472,11 @@ impl Metrics {
                 "failures",
                 "Worker tasks that stopped on an error instead of a shutdown",
                 worker.failures.clone(),
+            );
+            r.register(
+                "stuck",
+                "Workers stopped because their loop made no progress for too long",
+                worker.stuck.clone(),
             );
         }
 

@@ -10,11 +10,13 @@ use allezon_api::Services;
 use allezon_core::Error;
 use allezon_core::trace::Carried;
 use allezon_proto::v1 as pb;
-use event_log::EventLog;
+use event_log::{EventLog, Position};
 use prost::Message;
 use tracing::{Instrument as _, Span};
 
-pub type WriteFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+/// A write's outcome: where the tag went in the log, or `None` when it was
+/// not appended (a duplicate of a stored tag).
+pub type WriteFuture = Pin<Box<dyn Future<Output = Result<Option<Position>, Error>> + Send>>;
 
 /// Makes an accepted tag durable wherever it must be, before the gateway
 /// answers 204. An error means the tag is in neither profiles nor
@@ -70,7 +72,7 @@ impl<L: EventLog + Clone> TagWriter for LogWrites<L> {
                 .encode_to_vec();
                 log.append(&key, event, &trace)
                     .await
-                    .map(|_| ())
+                    .map(Some)
                     .map_err(|err| {
                         tracing::error!(%err, "event log append failed");
                         Error::unavailable(format!("event log: {err}"))
@@ -85,6 +87,8 @@ impl<L: EventLog + Clone> TagWriter for LogWrites<L> {
 pub struct Backends {
     pub services: Services,
     pub tags: Arc<dyn TagWriter>,
+    /// Whether the workers keep up; tags are refused while they do not.
+    pub freshness: Arc<crate::freshness::Freshness>,
 }
 
 impl Backends {

@@ -16,6 +16,7 @@
 
 pub mod backends;
 pub mod error;
+pub mod freshness;
 mod http_metrics;
 mod routes;
 mod server;
@@ -33,6 +34,7 @@ use allezon_core::shutdown::Shutdown;
 use axum::Router;
 use clap::Args;
 use event_log::{KafkaConfig, KafkaLog};
+use freshness::Freshness;
 use tokio::net::TcpListener;
 
 pub use backends::{Backends, LogWrites, TagWriter};
@@ -130,7 +132,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         topic: config.kafka.kafka_topic.clone(),
         reachable,
     });
-    let backends = Backends { services, tags };
+    // Workers build the profiles too here: shed before their 10 s window.
+    let freshness = Freshness::new(freshness::PROFILE_WINDOW_LIMIT);
+    freshness.spawn_watch(Arc::clone(&services.aggregates), shutdown.clone());
+    let backends = Backends {
+        services,
+        tags,
+        freshness,
+    };
     backends.warm_up().await;
     let listener = TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");

@@ -1,11 +1,13 @@
 //! Load shedding is one limit for the whole server: once every slot is
 //! held (here by tags whose durable write never finishes), a request to any
-//! route is refused at once with 503 and `Retry-After`, not queued.
+//! route is refused at once with 503 and `Retry-After`, not queued. And
+//! tags are refused while the workers are further behind than the
+//! freshness windows allow.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use allezon_api::{Aggregates, Ids, Profiles, Result, Services};
@@ -94,6 +96,7 @@ async fn a_full_server_sheds_every_route() {
             ids: Arc::new(Empty),
         },
         tags: Arc::new(Stuck(Arc::clone(&writing))),
+        freshness: gateway::freshness::Freshness::new(Duration::from_secs(45)),
     });
     // Free slots answer.
     let answered = app.clone().oneshot(profile_query()).await.unwrap();
@@ -124,4 +127,108 @@ async fn a_full_server_sheds_every_route() {
     for task in held {
         task.abort();
     }
+}
+
+/// A log that takes every tag at the next offset of partition 0.
+struct Appends(AtomicU64);
+
+impl TagWriter for Appends {
+    fn write(&self, _: pb::UserTag) -> WriteFuture {
+        let offset = self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(Ok(Some(event_log::Position {
+            partition: 0,
+            offset,
+        }))))
+    }
+}
+
+/// Workers whose watermark the test moves.
+struct Workers(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl Aggregates for Workers {
+    async fn apply_deltas(&self, _: pb::ApplyDeltasRequest) -> Result<pb::ApplyDeltasResponse> {
+        Ok(pb::ApplyDeltasResponse::default())
+    }
+    async fn query_aggregates(
+        &self,
+        _: pb::QueryAggregatesRequest,
+    ) -> Result<pb::QueryAggregatesResponse> {
+        Ok(pb::QueryAggregatesResponse::default())
+    }
+    async fn get_watermarks(
+        &self,
+        request: pb::GetWatermarksRequest,
+    ) -> Result<pb::GetWatermarksResponse> {
+        Ok(pb::GetWatermarksResponse {
+            next_offsets: vec![self.0.load(Ordering::SeqCst); request.partitions.len()],
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_refused_while_the_workers_lag_and_accepted_once_they_catch_up() {
+    let watermark = Arc::new(AtomicU64::new(0));
+    let aggregates: Arc<dyn Aggregates> = Arc::new(Workers(Arc::clone(&watermark)));
+    let freshness = gateway::freshness::Freshness::new(Duration::from_secs(1));
+    let shutdown = allezon_core::shutdown::Shutdown::new();
+    freshness.spawn_watch(Arc::clone(&aggregates), shutdown.clone());
+    let log = Arc::new(Appends(AtomicU64::new(0)));
+    let app = gateway::app(Backends {
+        services: Services {
+            profiles: Arc::new(Empty),
+            aggregates,
+            ids: Arc::new(Empty),
+        },
+        tags: Arc::clone(&log) as Arc<dyn TagWriter>,
+        freshness,
+    });
+    let post = |app: axum::Router| async move {
+        let request = Request::post("/user_tags").body(Body::from(TAG)).unwrap();
+        app.oneshot(request).await.unwrap()
+    };
+    assert_eq!(post(app.clone()).await.status(), 204);
+    // The workers apply nothing: within a few seconds tags are refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let response = post(app.clone()).await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 204);
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = axum::body::to_bytes(refused.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    // Told apart from other refusals in the metrics, with the lag itself.
+    let metrics = allezon_core::metrics::render();
+    assert!(
+        metrics.contains(r#"allezon_tags_total{result="lagging"}"#),
+        "{metrics}"
+    );
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("allezon_ingest_lag_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lag > 1.0, "{lag}");
+    let appended = log.0.load(Ordering::SeqCst);
+    // Refused tags were not written.
+    assert_eq!(post(app.clone()).await.status(), 503);
+    assert_eq!(log.0.load(Ordering::SeqCst), appended);
+    // The workers catch up: tags are accepted again.
+    watermark.store(appended, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while post(app.clone()).await.status() != 204 {
+        assert!(std::time::Instant::now() < deadline, "never accepted again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
 }

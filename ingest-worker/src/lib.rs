@@ -9,7 +9,7 @@
 mod ids;
 pub mod worker;
 
-pub use worker::{Worker, WorkerConfig, WorkerError};
+pub use worker::{Heartbeat, Worker, WorkerConfig, WorkerError, run_watched};
 
 use allezon_api::Services;
 use allezon_core::admin::{self, Readiness};
@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let worker = Worker::remote(consumer, services, WorkerConfig::default());
     tracing::info!(topic = %kafka.topic, group = %config.kafka_group, "ingest worker started");
     readiness.set(true);
-    if let Err(err) = worker.run(shutdown).await {
+    if let Err(err) = run_watched(worker, shutdown).await {
         // The process ends on it, so that its supervisor restarts it (the
         // restart resumes at the watermarks): statistics never freeze
         // silently behind a worker that stopped.

@@ -19,6 +19,9 @@ use allezon_proto::v1 as pb;
 use event_log::{LogConsumer, LogError, Record};
 use prost::Message;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use thiserror::Error;
 use tracing::Instrument as _;
 
@@ -36,6 +39,10 @@ pub struct WorkerConfig {
     /// aggregate-svc call and one fsync for all of them; this bounds the delay
     /// a tag sees before it is counted.
     pub linger: Duration,
+    /// A worker whose loop has not come round for this long is stuck (an
+    /// await that never ends); [`run_watched`] stops it. A round takes a
+    /// poll, one batch's calls, or one backoff sleep: seconds at most.
+    pub stuck_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +51,7 @@ impl Default for WorkerConfig {
             batch_max: 10_000,
             flush_every: Duration::from_millis(250),
             linger: Duration::from_millis(100),
+            stuck_after: Duration::from_secs(60),
         }
     }
 }
@@ -56,6 +64,8 @@ pub enum WorkerError {
     Aggregates(tonic::Status),
     #[error("profile-svc: {0}")]
     Profiles(tonic::Status),
+    #[error("the worker made no progress for {0:?}; stopped so that it is restarted")]
+    Stuck(Duration),
 }
 
 impl WorkerError {
@@ -65,7 +75,7 @@ impl WorkerError {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => {
                 allezon_core::Error::from_status(status).kind() == ErrorKind::Internal
             }
-            WorkerError::Log(_) => false,
+            WorkerError::Log(_) | WorkerError::Stuck(_) => false,
         }
     }
 
@@ -75,7 +85,7 @@ impl WorkerError {
         match self {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => transient(status),
             WorkerError::Log(LogError::Kafka(_)) => true,
-            WorkerError::Log(_) => false,
+            WorkerError::Log(_) | WorkerError::Stuck(_) => false,
         }
     }
 }
@@ -103,6 +113,61 @@ pub struct Worker<C> {
     expect: BTreeMap<u32, u64>,
     /// Partitions positioned but not yet read from (see `step`).
     fresh: BTreeSet<u32>,
+    heartbeat: Heartbeat,
+}
+
+/// When the worker's loop last came round, for the watchdog in
+/// [`run_watched`].
+#[derive(Clone, Default)]
+pub struct Heartbeat(Arc<AtomicU64>);
+
+impl Heartbeat {
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(Self::base().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        Self::base()
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs `worker` until `shutdown`, and stops it with [`WorkerError::Stuck`]
+/// if its loop stops coming round: an await that never ends (a call that
+/// hangs without a deadline, an engine that blocks) would otherwise freeze
+/// the statistics silently while tags keep being accepted. The caller turns
+/// the error into unreadiness, the failures metric, and a restart.
+pub async fn run_watched<C: LogConsumer>(
+    worker: Worker<C>,
+    shutdown: Shutdown,
+) -> Result<(), WorkerError> {
+    let heartbeat = worker.heartbeat.clone();
+    let after = worker.config.stuck_after;
+    heartbeat.beat();
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(after / 8).await;
+            if heartbeat.age() > after {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        result = worker.run(shutdown) => result,
+        () = watchdog => {
+            metrics().stuck.inc();
+            tracing::error!(?after, "the ingest worker is stuck");
+            Err(WorkerError::Stuck(after))
+        }
+    }
 }
 
 /// Retries of a batch that keeps failing with an internal error of a
@@ -134,6 +199,7 @@ impl<C: LogConsumer> Worker<C> {
             held: BTreeMap::new(),
             expect: BTreeMap::new(),
             fresh: BTreeSet::new(),
+            heartbeat: Heartbeat::default(),
         }
     }
 
@@ -161,6 +227,7 @@ impl<C: LogConsumer> Worker<C> {
         // Consecutive failures that may not go away by themselves.
         let mut faults = 0;
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             let stepped = self.step(&shutdown).await;
             // Also while the services are down: the lag then grows.
             self.record_lag();

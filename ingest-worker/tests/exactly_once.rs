@@ -242,6 +242,7 @@ async fn run_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S
         batch_max: 97,
         flush_every: Duration::from_millis(5),
         linger: Duration::from_millis(1),
+        ..WorkerConfig::default()
     };
     let mut kills = 0;
     loop {

@@ -2,6 +2,7 @@
 //! of aggregate-svc is retried a bounded number of times, then the worker
 //! stops with the error (its process turns unready and ends), while
 //! UNAVAILABLE, a service restarting, is retried for as long as it lasts.
+//! A worker whose call never returns is stopped by its watchdog.
 
 #![allow(clippy::unwrap_used)] // helpers of the tests fail the test by panicking
 
@@ -37,9 +38,11 @@ impl Ids for NamedIds {
     }
 }
 
-/// Every apply fails with `status`; counts the attempts.
+/// Every apply fails with `status`, or never answers when `hang`; counts
+/// the attempts.
 struct Failing {
     status: fn() -> Status,
+    hang: bool,
     applies: AtomicU32,
 }
 
@@ -50,6 +53,9 @@ impl Aggregates for Failing {
         _: pb::ApplyDeltasRequest,
     ) -> Result<pb::ApplyDeltasResponse, Status> {
         self.applies.fetch_add(1, Ordering::Relaxed);
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
         Err((self.status)())
     }
     async fn query_aggregates(
@@ -71,6 +77,18 @@ impl Aggregates for Failing {
 
 async fn worker_against(
     status: fn() -> Status,
+) -> (
+    Worker<event_log::EmbeddedConsumer>,
+    Arc<Failing>,
+    tempfile::TempDir,
+) {
+    worker_with(status, false, WorkerConfig::default()).await
+}
+
+async fn worker_with(
+    status: fn() -> Status,
+    hang: bool,
+    config: WorkerConfig,
 ) -> (
     Worker<event_log::EmbeddedConsumer>,
     Arc<Failing>,
@@ -102,6 +120,7 @@ async fn worker_against(
         .unwrap();
     let failing = Arc::new(Failing {
         status,
+        hang,
         applies: AtomicU32::new(0),
     });
     let worker = Worker::new(
@@ -110,7 +129,7 @@ async fn worker_against(
         Arc::clone(&failing) as Arc<dyn Aggregates>,
         WorkerConfig {
             linger: Duration::ZERO,
-            ..WorkerConfig::default()
+            ..config
         },
     );
     (worker, failing, dir)
@@ -143,4 +162,26 @@ async fn an_unavailable_service_is_waited_for() {
     }
     shutdown.cancel();
     assert!(running.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_worker_whose_call_never_returns_is_stopped_as_stuck() {
+    let config = WorkerConfig {
+        stuck_after: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    };
+    let (worker, failing, _dir) = worker_with(|| Status::ok(""), true, config).await;
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(60),
+        ingest_worker::run_watched(worker, Shutdown::new()),
+    )
+    .await
+    .expect("the watchdog never stopped a hung worker");
+    assert!(matches!(stopped, Err(WorkerError::Stuck(_))), "{stopped:?}");
+    assert_eq!(failing.applies.load(Ordering::Relaxed), 1);
+    let metrics = allezon_core::metrics::render();
+    assert!(
+        metrics.contains("allezon_worker_stuck_total 1"),
+        "{metrics}"
+    );
 }

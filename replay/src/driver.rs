@@ -126,7 +126,31 @@ struct State {
     /// timeout): their answers cannot be predicted, so they are not asked.
     poisoned_cookies: HashSet<u32>,
     poisoned_minutes: HashSet<u64>,
+    /// Tags not answered 204, by what their answer says of them.
+    fates: Fates,
     stats: [EndpointStats; 3],
+}
+
+/// What became of the tags that were not acknowledged. A tag refused with
+/// an HTTP status, or whose connection was never made, is stored nowhere
+/// (the contract: any other status than 204 means not accepted). A tag
+/// whose answer never came (a timeout, a connection cut mid-request) may or
+/// may not be stored.
+#[derive(Debug, Clone, Default)]
+pub struct Fates {
+    pub refused: HashSet<u64>,
+    pub unknown: HashSet<u64>,
+}
+
+/// How an exchange ended, for a tag's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// A 2xx answer.
+    Answered,
+    /// Refused: a non-2xx status, or no connection was made.
+    Refused,
+    /// No answer: the request may have been served.
+    Unknown,
 }
 
 pub struct Driver {
@@ -157,6 +181,7 @@ impl Driver {
                 },
                 poisoned_cookies: HashSet::new(),
                 poisoned_minutes: HashSet::new(),
+                fates: Fates::default(),
                 stats: Default::default(),
             }),
             started: Instant::now(),
@@ -177,9 +202,9 @@ impl Driver {
         self.state().stats.clone()
     }
 
-    /// Minutes touched by a tag whose fate is unknown.
-    pub fn poisoned_minutes(&self) -> HashSet<u64> {
-        self.state().poisoned_minutes.clone()
+    /// The tags not acknowledged, by fate.
+    pub fn fates(&self) -> Fates {
+        self.state().fates.clone()
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -243,7 +268,7 @@ impl Driver {
             .post(url)
             .header("content-type", "application/json")
             .body(body);
-        let (outcome, latency, problem) = self
+        let (outcome, delivery, latency, problem) = self
             .exchange(Endpoint::Tags, request, |status, _| {
                 if status == 204 {
                     Ok(())
@@ -257,6 +282,11 @@ impl Driver {
         if outcome != Outcome::Correct {
             state.poisoned_cookies.insert(tag.cookie);
             state.poisoned_minutes.insert(n / TAGS_PER_MINUTE);
+            if delivery == Delivery::Refused {
+                state.fates.refused.insert(n);
+            } else {
+                state.fates.unknown.insert(n);
+            }
         }
         let now = Instant::now();
         state.acks.done(n, now);
@@ -276,7 +306,7 @@ impl Driver {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
         check: impl FnOnce(u16, &[u8]) -> Result<(), String>,
-    ) -> (Outcome, Duration, Option<String>) {
+    ) -> (Outcome, Delivery, Duration, Option<String>) {
         let start = Instant::now();
         let timeout = self.plan.timeouts[endpoint as usize];
         let answer = tokio::time::timeout(timeout, async {
@@ -290,12 +320,24 @@ impl Driver {
         match answer {
             Err(_) => (
                 Outcome::TimedOut,
+                Delivery::Unknown,
                 latency,
                 Some(format!("no answer within {timeout:?}")),
             ),
-            Ok(Err(err)) => (Outcome::Error, latency, Some(err.to_string())),
+            Ok(Err(err)) => (
+                Outcome::Error,
+                // A connection never made carried no request.
+                if err.is_connect() {
+                    Delivery::Refused
+                } else {
+                    Delivery::Unknown
+                },
+                latency,
+                Some(err.to_string()),
+            ),
             Ok(Ok((status, body))) if !(200..300).contains(&status) => (
                 Outcome::Error,
+                Delivery::Refused,
                 latency,
                 Some(format!(
                     "status {status}: {}",
@@ -303,8 +345,8 @@ impl Driver {
                 )),
             ),
             Ok(Ok((status, body))) => match check(status, &body) {
-                Ok(()) => (Outcome::Correct, latency, None),
-                Err(diff) => (Outcome::Wrong, latency, Some(diff)),
+                Ok(()) => (Outcome::Correct, Delivery::Answered, latency, None),
+                Err(diff) => (Outcome::Wrong, Delivery::Answered, latency, Some(diff)),
             },
         }
     }
@@ -365,7 +407,7 @@ impl Driver {
         };
         // Debug mode: the expected answer rides along as the body.
         let request = self.client.post(&url).body(expected);
-        let (outcome, latency, problem) = self
+        let (outcome, _, latency, problem) = self
             .exchange(Endpoint::Profiles, request, |_, body| {
                 let answer: Value =
                     serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
@@ -407,7 +449,7 @@ impl Driver {
             debug_body["rows"] = serde_json::json!([]);
         }
         let request = self.client.post(&url).body(debug_body.to_string());
-        let (outcome, latency, problem) = self
+        let (outcome, _, latency, problem) = self
             .exchange(Endpoint::Aggregates, request, |_, body| {
                 let answer: Value =
                     serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;

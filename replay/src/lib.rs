@@ -173,7 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 config.target.trim_end_matches('/'),
                 driver.stream(),
                 config.tags,
-                driver.poisoned_minutes(),
+                &driver.fates(),
                 config.max_in_flight,
                 settle_by,
             )
@@ -254,13 +254,12 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(e) = &report.every_cell {
         out.push_str(&format!(
-            "every cell: {} combinations, {} queries, {} minute cells compared, {} wrong, {} errors, {} minutes skipped, {:.1} s\n",
+            "every cell: {} combinations, {} queries, {} minute cells compared, {} wrong, {} errors, {:.1} s\n",
             e.combinations,
             e.queries,
             e.cells,
             e.wrong,
             e.errors,
-            e.skipped_minutes.len(),
             e.elapsed_s
         ));
         for problem in &e.first_problems {

@@ -26,6 +26,14 @@ pub async fn post_user_tag(
 ) -> Result<StatusCode, ApiError> {
     let tag = UserTag::from_json(&body.map_err(body_error)?)?;
     check_not_future(tag.time_ms, now_ms())?;
+    if backends.freshness.shedding() {
+        count("lagging");
+        return Err(Error::unavailable(format!(
+            "the ingest workers are {} s behind; retry later",
+            backends.freshness.lag_seconds()
+        ))
+        .into());
+    }
     let tag: pb::UserTag = tag.into();
     // The write returns only once durable, so a 204 means the tag survives a
     // crash of any process, in profiles and in the statistics alike. A
@@ -33,10 +41,13 @@ pub async fn post_user_tag(
     // handed to the writer yet is in neither view, and one handed over is
     // written whole by the writer (the appender thread, or librdkafka's
     // queue), in both; never half of it.
-    let written = backends.tags.write(tag).await;
-    if let Err(err) = written {
-        count("failed");
-        return Err(err.into());
+    match backends.tags.write(tag).await {
+        Ok(Some(position)) => backends.freshness.appended(position),
+        Ok(None) => {}
+        Err(err) => {
+            count("failed");
+            return Err(err.into());
+        }
     }
     count("accepted");
     Ok(StatusCode::NO_CONTENT)
