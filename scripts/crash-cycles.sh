@@ -47,11 +47,11 @@ BASE="http://127.0.0.1:$HTTP_PORT"
 cargo build --release --locked -p allezon -p allezon-replay -p gateway -p profile-svc \
   -p aggregate-svc -p id-svc -p ingest-worker >&2
 
-ALLEZON_PID=""
+# The pid lives in a file: the killer restarts the server from a subshell.
 start_allezon() {
   RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$HTTP_PORT" \
-    --admin-addr off --data-dir "$RUN/data" >>"$RUN/allezon.log" 2>&1 &
-  ALLEZON_PID=$!
+    --grpc-addr 127.0.0.1:0 --admin-addr off --data-dir "$RUN/data" >>"$RUN/allezon.log" 2>&1 &
+  echo $! >"$RUN/allezon.pid"
 }
 wait_http() {
   for _ in $(seq 1 600); do
@@ -62,7 +62,7 @@ wait_http() {
 }
 cleanup() {
   [ -z "${KILLER:-}" ] || kill "$KILLER" 2>/dev/null || true
-  if [ "$MODE" = cluster ]; then ./scripts/cluster.sh stop || true; else kill "$ALLEZON_PID" 2>/dev/null || true; fi
+  if [ "$MODE" = cluster ]; then ./scripts/cluster.sh stop || true; else kill "$(cat "$RUN/allezon.pid")" 2>/dev/null || true; fi
   kill "${TANSU_PID:-}" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -88,7 +88,9 @@ fi
         sleep "$DOWN"
         RUST_LOG=warn ./scripts/cluster.sh restart "$proc"
       else
-        kill -9 "$ALLEZON_PID"; wait "$ALLEZON_PID" 2>/dev/null || true
+        pid=$(cat "$RUN/allezon.pid")
+        kill -9 "$pid"
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
         sleep "$DOWN"
         start_allezon
         wait_http

@@ -6,6 +6,7 @@
 //! `aggregate-svc`, `id-svc`), next to their embedded twins.
 
 mod pending;
+mod security;
 
 use std::sync::Arc;
 
@@ -74,12 +75,15 @@ impl Cluster {
             .aerospike_hosts
             .as_deref()
             .ok_or_else(|| Error::invalid("aerospike_hosts", "not configured"))?;
-        let policy = ClientPolicy {
-            // Connections opened up front: the first burst of tags would
-            // otherwise wait for TCP set-up on every concurrent command.
-            min_conns_per_node: MIN_CONNECTIONS_PER_NODE,
-            ..ClientPolicy::default()
-        };
+        let policy = security::secure(
+            ClientPolicy {
+                // Connections opened up front: the first burst of tags would
+                // otherwise wait for TCP set-up on every concurrent command.
+                min_conns_per_node: MIN_CONNECTIONS_PER_NODE,
+                ..ClientPolicy::default()
+            },
+            args,
+        )?;
         let client = Client::new(&policy, &hosts.to_owned())
             .await
             .map_err(|err| Error::unavailable(format!("aerospike at {hosts}: {err}")))?;
@@ -252,6 +256,12 @@ pub async fn test_cluster(prefix: &str) -> Cluster {
         aerospike_total_timeout_ms: 3000,
         aerospike_replica: AerospikeReplica::Sequence,
         aerospike_commit_level: AerospikeCommitLevel::All,
+        aerospike_user: std::env::var("AEROSPIKE_USER").ok(),
+        aerospike_password: std::env::var("AEROSPIKE_PASSWORD").ok(),
+        aerospike_auth_mode: allezon_core::config::AerospikeAuthMode::Internal,
+        aerospike_tls_ca: None,
+        aerospike_tls_client_cert: None,
+        aerospike_tls_client_key: None,
     };
     match Cluster::connect(&args).await {
         Ok(cluster) => cluster,

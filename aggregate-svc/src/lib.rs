@@ -94,6 +94,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "aggregate-svc listening");
     readiness.set(true);
-    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], readiness, shutdown).await?;
+    let tls = config.service.grpc.tls.load()?;
+    allezon_core::grpc::serve(listener, routes, &[SERVICE_NAME], readiness, shutdown, tls).await?;
     Ok(())
 }

@@ -40,6 +40,8 @@ pub struct Config {
     #[arg(long, env = "ALLEZON_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
+    pub grpc_tls: allezon_core::tls::ServerTlsArgs,
+    #[command(flatten)]
     pub data: DataDirArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -168,6 +170,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ],
         readiness.clone(),
         services_shutdown.clone(),
+        config.grpc_tls.load()?,
     ));
     tokio::spawn(aggregate_svc::run_retention(
         (*aggregates).clone(),

@@ -263,10 +263,11 @@ pub struct Services {
 impl Services {
     /// gRPC clients that connect on first use (and reconnect after
     /// failures), so a caller may start before the services it calls.
-    pub fn connect_lazy(
-        endpoints: &ServiceEndpointArgs,
-    ) -> std::result::Result<Self, tonic::transport::Error> {
+    /// Fails at once on TLS files that cannot be read.
+    pub fn connect_lazy(endpoints: &ServiceEndpointArgs) -> anyhow::Result<Self> {
         let max = allezon_core::grpc::MAX_MESSAGE_BYTES;
+        let tls = endpoints.tls.load()?;
+        let channel = |uri: &str| channel(uri, tls.as_ref());
         Ok(Self {
             profiles: Arc::new(
                 ProfileServiceClient::new(channel(&endpoints.profile_svc)?)

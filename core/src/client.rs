@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{Error, ErrorKind};
 
@@ -26,8 +26,16 @@ pub type ClientChannel = crate::grpc_observe::Observe<Channel>;
 
 /// A channel over [`POOL_SIZE`] connections to `uri`, connecting on first use
 /// and reconnecting after failures, so callers may start before the service.
-pub fn channel(uri: &str) -> Result<ClientChannel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(uri.to_owned())?
+/// An `https://` endpoint is reached over TLS with `tls`.
+pub fn channel(uri: &str, tls: Option<&ClientTlsConfig>) -> Result<ClientChannel, ChannelError> {
+    let mut endpoint = Endpoint::from_shared(uri.to_owned())?;
+    if uri.starts_with("https://") {
+        // Without a CA tonic would fail every call with an opaque
+        // connection error; say at start what is missing instead.
+        let tls = tls.ok_or_else(|| ChannelError::NoCa(uri.to_owned()))?;
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true)
@@ -43,6 +51,14 @@ pub fn channel(uri: &str) -> Result<ClientChannel, tonic::transport::Error> {
         ));
     }
     Ok(tower::Layer::layer(&crate::grpc_observe::client(), channel))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}: an https:// endpoint needs --grpc-tls-ca")]
+    NoCa(String),
 }
 
 /// Retries of a call that failed transiently, after the first attempt.

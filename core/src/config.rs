@@ -22,6 +22,8 @@ pub struct GrpcAddrArgs {
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "ALLEZON_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
 }
 
 /// What every standalone gRPC service is started with.
@@ -59,6 +61,8 @@ pub struct ServiceEndpointArgs {
     /// gRPC endpoint of id-svc.
     #[arg(long, env = "ALLEZON_ID_SVC", default_value = "http://127.0.0.1:50053")]
     pub id_svc: String,
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 /// The operator's port: liveness, readiness and Prometheus metrics.
@@ -103,6 +107,30 @@ pub struct KafkaArgs {
     /// How long the producer lingers to batch tags into one request.
     #[arg(long, env = "ALLEZON_KAFKA_LINGER_MS", default_value_t = 20)]
     pub kafka_linger_ms: u64,
+    /// librdkafka properties passed through to every Kafka client, as
+    /// `name=value`: repeat the flag, or separate them with commas in the
+    /// environment. This is how TLS and SASL are set, e.g.
+    /// `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,
+    /// sasl.username=…,sasl.password=…,ssl.ca.location=/etc/kafka/ca.pem`
+    /// (TLS needs a build with the `event-log/ssl` feature). Unknown names
+    /// or values stop the process at start.
+    #[arg(
+        long = "kafka-property",
+        env = "ALLEZON_KAFKA_PROPERTIES",
+        value_delimiter = ',',
+        value_parser = parse_property
+    )]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+/// `name=value`, for [`KafkaArgs::kafka_properties`].
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected name=value, got {text:?}")),
+    }
 }
 
 /// Which replica serves reads.
@@ -163,6 +191,47 @@ pub struct AerospikeArgs {
         default_value = "all"
     )]
     pub aerospike_commit_level: AerospikeCommitLevel,
+    /// User for a cluster with security enabled (with
+    /// `ALLEZON_AEROSPIKE_PASSWORD`).
+    #[arg(long, env = "ALLEZON_AEROSPIKE_USER", requires = "aerospike_password")]
+    pub aerospike_user: Option<String>,
+    /// Password of `--aerospike-user`; best given in the environment.
+    #[arg(long, env = "ALLEZON_AEROSPIKE_PASSWORD", hide_env_values = true)]
+    pub aerospike_password: Option<String>,
+    /// `internal` (the server checks a hash) or `external` (LDAP: the
+    /// password is sent, so only over TLS).
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_AUTH_MODE",
+        value_enum,
+        default_value = "internal"
+    )]
+    pub aerospike_auth_mode: AerospikeAuthMode,
+    /// PEM CA certificate(s) of a TLS-enabled cluster; turns TLS on. Give
+    /// hosts as `host:tls-name:port`.
+    #[arg(long, env = "ALLEZON_AEROSPIKE_TLS_CA")]
+    pub aerospike_tls_ca: Option<std::path::PathBuf>,
+    /// PEM certificate this process presents when the cluster asks for one.
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_TLS_CLIENT_CERT",
+        requires_all = ["aerospike_tls_ca", "aerospike_tls_client_key"]
+    )]
+    pub aerospike_tls_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--aerospike-tls-client-cert`.
+    #[arg(
+        long,
+        env = "ALLEZON_AEROSPIKE_TLS_CLIENT_KEY",
+        requires = "aerospike_tls_client_cert"
+    )]
+    pub aerospike_tls_client_key: Option<std::path::PathBuf>,
+}
+
+/// How the Aerospike client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AerospikeAuthMode {
+    Internal,
+    External,
 }
 
 /// What a standalone store service is started with: where it listens, and
@@ -175,4 +244,37 @@ pub struct StoreServiceArgs {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub aerospike: AerospikeArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn kafka_properties_are_name_value_pairs() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-property",
+            "sasl.password=a=b",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.kafka.kafka_properties,
+            vec![
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "a=b".to_owned()),
+            ]
+        );
+        assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--kafka-property", "=x"]).is_err());
+    }
 }

@@ -35,6 +35,7 @@ pub async fn serve(
     services: &[&'static str],
     readiness: Readiness,
     shutdown: Shutdown,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -95,7 +96,11 @@ pub async fn serve(
                 .await;
         }
     };
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .layer(crate::grpc_observe::server())
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -15,6 +15,7 @@ pub mod shutdown;
 pub mod tag;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod trace;
 
 pub use error::{Error, ErrorKind, Result};

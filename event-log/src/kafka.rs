@@ -57,6 +57,10 @@ pub struct KafkaConfig {
     /// waiting out the dead member's session. Must be unique per live
     /// worker, e.g. a StatefulSet pod name.
     pub instance_id: Option<String>,
+    /// librdkafka properties set on every client: TLS, SASL and anything
+    /// else a cluster asks for. The settings exactly-once depends on
+    /// (idempotence, `acks`, manual commits) are set after them and win.
+    pub properties: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -69,6 +73,7 @@ impl KafkaConfig {
             partitions: args.kafka_create_partitions.unwrap_or(0),
             replication: args.kafka_replication,
             linger: Duration::from_millis(args.kafka_linger_ms),
+            properties: args.kafka_properties.clone(),
             ..Self::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
         })
     }
@@ -83,6 +88,7 @@ impl KafkaConfig {
             linger: Duration::from_millis(20),
             session_timeout: Duration::from_secs(45),
             instance_id: None,
+            properties: Vec::new(),
         }
     }
 
@@ -98,6 +104,9 @@ impl KafkaConfig {
             // broker's defaults: a broker that forgot the topic would
             // otherwise bring it back with a partition count nobody chose.
             .set("allow.auto.create.topics", "false");
+        for (name, value) in &self.properties {
+            config.set(name, value);
+        }
         config
     }
 
@@ -713,5 +722,26 @@ pub fn test_brokers() -> Option<String> {
             eprintln!("SKIPPED: ALLEZON_TEST_KAFKA_BROKERS is not set; run scripts/test.sh");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Properties reach librdkafka: one it does not know stops the client
+    /// at creation, naming it, instead of being dropped silently.
+    #[test]
+    fn properties_pass_through_to_librdkafka() {
+        let mut config = KafkaConfig::new("127.0.0.1:9", "t");
+        config.properties = vec![("sasl.mechanism".into(), "PLAIN".into())];
+        assert!(KafkaLog::new(&config).is_ok());
+        config.properties = vec![("no.such.property".into(), "1".into())];
+        let err = KafkaLog::new(&config)
+            .err()
+            .expect("an unknown property is refused");
+        assert!(err.to_string().contains("no.such.property"), "{err}");
+        config.properties = vec![("security.protocol".into(), "NOT_A_PROTOCOL".into())];
+        assert!(KafkaConsumer::new(&config, "g").is_err());
     }
 }

@@ -220,8 +220,9 @@ async fn run_and_compare<S: AggregateStore + Clone>(store: &Store, aggregates: S
         &[],
         allezon_core::admin::Readiness::started(),
         services.clone(),
+        None,
     ));
-    let channel = allezon_core::client::channel(&format!("http://{addr}")).unwrap();
+    let channel = allezon_core::client::channel(&format!("http://{addr}"), None).unwrap();
 
     for t in logged_tags(profiles) {
         let event = pb::TagEvent {

@@ -102,6 +102,7 @@ async fn a_tag_whose_write_failed_is_in_neither_view() {
     let config = allezon::Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_tls: Default::default(),
         data: allezon_core::config::DataDirArgs {
             data_dir: dir.path().to_owned(),
         },
