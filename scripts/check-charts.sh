@@ -26,6 +26,18 @@ done
 
 helm template allezon allezon "${SET[@]}" >"$out/default.yaml"
 helm template allezon allezon -f values-production.yaml >"$out/production.yaml"
+# Mutual TLS on the internal gRPC traffic: certificates mounted in every
+# pod, https endpoints, and HTTP probes (the kubelet's gRPC probe has no TLS).
+helm template allezon allezon "${SET[@]}" --set global.grpcTls.enabled=true \
+  --set global.grpcTls.secretName=allezon-grpc-tls --set global.grpcTls.mutual=true \
+  >"$out/grpc-tls.yaml"
+for want in ALLEZON_GRPC_TLS_CLIENT_CA ALLEZON_GRPC_TLS_CLIENT_CERT \
+  'ALLEZON_PROFILE_SVC: https://' 'secretName: allezon-grpc-tls'; do
+  grep -q "$want" "$out/grpc-tls.yaml" || { echo "grpc-tls.yaml: no $want" >&2; exit 1; }
+done
+if grep -q '^ *grpc:$' "$out/grpc-tls.yaml"; then
+  echo "grpc-tls.yaml: a gRPC probe, which cannot speak TLS" >&2; exit 1
+fi
 for rendered in "$out"/*.yaml; do
   for service in "${SERVICES[@]}"; do
     grep -q "app.kubernetes.io/name: $service" "$rendered" ||
@@ -48,4 +60,5 @@ refuse "set global.kafka.brokers"
 refuse "one pod's volume" "${SET[@]}" --set profile-svc.replicaCount=2
 refuse "sits idle" "${SET[@]}" --set ingest-worker.replicaCount=13
 refuse "additional properties" "${SET[@]}" --set gateway.nonsense=1
+refuse "needs global.grpcTls.secretName" "${SET[@]}" --set global.grpcTls.enabled=true
 echo "charts: lint, render and validation passed"

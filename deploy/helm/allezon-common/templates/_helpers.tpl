@@ -58,7 +58,7 @@ when set (separate releases, or a service on another port), else
 {{- if $explicit -}}
 {{- $explicit -}}
 {{- else -}}
-{{- printf "http://%s-%s:50051" $ctx.Release.Name $chart -}}
+{{- printf "%s://%s-%s:50051" (ternary "https" "http" (eq (include "allezon.grpcTls" $ctx) "true")) $ctx.Release.Name $chart -}}
 {{- end -}}
 {{- end -}}
 
@@ -67,6 +67,23 @@ The process's environment, by flag name: a value `kafkaLingerMs: 5` is the
 flag `--kafka-linger-ms 5`, that is `ALLEZON_KAFKA_LINGER_MS=5`. Globals come
 first; the chart's `config` overrides them.
 */}}
+{{/*
+"true" when the internal gRPC traffic is TLS (global.grpcTls.enabled). The
+Secret (global.grpcTls.secretName, as cert-manager writes them: tls.crt,
+tls.key, ca.crt) is mounted at /etc/allezon/grpc-tls in every pod.
+*/}}
+{{- define "allezon.grpcTls" -}}
+{{- $tls := (($.Values.global | default dict).grpcTls | default dict) -}}
+{{- if $tls.enabled -}}
+{{- if not $tls.secretName -}}
+{{- fail "global.grpcTls.enabled needs global.grpcTls.secretName (a Secret with tls.crt, tls.key and ca.crt)" -}}
+{{- end -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
+
 {{- define "allezon.env" -}}
 {{- $ctx := index . 0 -}}
 {{- $component := index . 1 -}}
@@ -93,6 +110,23 @@ first; the chart's `config` overrides them.
 {{- with $global.kafka -}}
 {{- $_ := set $env "ALLEZON_KAFKA_BROKERS" .brokers -}}
 {{- $_ := set $env "ALLEZON_KAFKA_TOPIC" (.topic | default "user-tags") -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (include "allezon.grpcTls" $ctx) "true" -}}
+{{- $mutual := $global.grpcTls.mutual -}}
+{{- if $component.grpc -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_CERT" "/etc/allezon/grpc-tls/tls.crt" -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_KEY" "/etc/allezon/grpc-tls/tls.key" -}}
+{{- if $mutual -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_CLIENT_CA" "/etc/allezon/grpc-tls/ca.crt" -}}
+{{- end -}}
+{{- end -}}
+{{- if $component.clients -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_CA" "/etc/allezon/grpc-tls/ca.crt" -}}
+{{- if $mutual -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_CLIENT_CERT" "/etc/allezon/grpc-tls/tls.crt" -}}
+{{- $_ := set $env "ALLEZON_GRPC_TLS_CLIENT_KEY" "/etc/allezon/grpc-tls/tls.key" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if $component.clients -}}

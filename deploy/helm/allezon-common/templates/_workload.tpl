@@ -113,7 +113,10 @@ spec:
               containerPort: {{ $values.ports.http }}
               protocol: TCP
             {{- end }}
-          {{- if $component.grpc }}
+          {{- /* The kubelet's gRPC probe speaks plain HTTP/2 only: with TLS
+          on, the admin port's /healthz and /readyz answer the same
+          questions. */}}
+          {{- if and $component.grpc (ne (include "allezon.grpcTls" $ctx) "true") }}
           startupProbe:
             grpc:
               port: {{ $values.ports.grpc }}
@@ -160,6 +163,11 @@ spec:
             # want a writable /tmp.
             - name: tmp
               mountPath: /tmp
+            {{- if eq (include "allezon.grpcTls" $ctx) "true" }}
+            - name: grpc-tls
+              mountPath: /etc/allezon/grpc-tls
+              readOnly: true
+            {{- end }}
             {{- if and $component.store (eq (include "allezon.embedded" $ctx) "true") }}
             - name: data
               mountPath: /data
@@ -168,6 +176,12 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
+        {{- if eq (include "allezon.grpcTls" $ctx) "true" }}
+        - name: grpc-tls
+          secret:
+            secretName: {{ $ctx.Values.global.grpcTls.secretName }}
+            defaultMode: 0440
+        {{- end }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
