@@ -28,6 +28,9 @@ use tonic::{Request, Status};
 
 pub type Result<T> = std::result::Result<T, Status>;
 
+mod watched;
+pub use watched::Watched;
+
 /// profile-svc: a cookie's tags.
 #[tonic::async_trait]
 pub trait Profiles: Send + Sync + 'static {
@@ -261,6 +264,41 @@ pub struct Services {
 }
 
 impl Services {
+    /// As [`Services::connect_lazy`], with each service's health watched
+    /// until `shutdown`: calls to a service that is down fail at once (see
+    /// [`Watched`]). For the gateway, whose clients wait 200 ms at most.
+    pub fn connect_watched(
+        endpoints: &ServiceEndpointArgs,
+        shutdown: &allezon_core::shutdown::Shutdown,
+    ) -> anyhow::Result<Self> {
+        let plain = Self::connect_lazy(endpoints)?;
+        let tls = endpoints.tls.load()?;
+        let tls = tls.as_ref();
+        Ok(Self {
+            profiles: Arc::new(Watched::new(
+                plain.profiles,
+                &endpoints.profile_svc,
+                tls,
+                pb::profile_service_server::SERVICE_NAME,
+                shutdown.clone(),
+            )?),
+            aggregates: Arc::new(Watched::new(
+                plain.aggregates,
+                &endpoints.aggregate_svc,
+                tls,
+                pb::aggregate_service_server::SERVICE_NAME,
+                shutdown.clone(),
+            )?),
+            ids: Arc::new(Watched::new(
+                plain.ids,
+                &endpoints.id_svc,
+                tls,
+                pb::id_service_server::SERVICE_NAME,
+                shutdown.clone(),
+            )?),
+        })
+    }
+
     /// gRPC clients that connect on first use (and reconnect after
     /// failures), so a caller may start before the services it calls.
     /// Fails at once on TLS files that cannot be read.

@@ -14,6 +14,12 @@
 //! applied yet was appended no later than the first sample past the
 //! watermark, so that sample's age bounds the lag from above (by at most a
 //! sampling period).
+//!
+//! Refusing only once the lag passes the limit is too late when the workers
+//! have stopped altogether (restarting, or waiting for their partitions):
+//! every tag accepted in the meantime misses its window whatever comes
+//! next. So tags are also refused as soon as the workers have applied
+//! nothing for [`STALL_LIMIT`] while tags wait for them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,6 +38,11 @@ pub const PROFILE_WINDOW_LIMIT: Duration = Duration::from_secs(8);
 /// workers (the all-in-one writes profiles with the tag): a margin inside
 /// the contract's 60 s.
 pub const STATISTICS_WINDOW_LIMIT: Duration = Duration::from_secs(45);
+
+/// Refuse tags when tags wait and no watermark has moved for this long:
+/// the workers have stopped. Workers apply a batch every few hundred
+/// milliseconds while they run.
+pub const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Partitions followed; a topic with more is not measured past this.
 const MAX_PARTITIONS: usize = 1024;
@@ -111,14 +122,21 @@ impl Freshness {
                     })
                     .await
                 {
-                    lag.watermarks(&partitions, &marks.next_offsets);
+                    lag.watermarks(&partitions, &marks.next_offsets, Instant::now());
                 }
-                me.update(lag.behind(Instant::now()));
+                let now = Instant::now();
+                let behind = lag.behind(now);
+                if behind.is_zero() {
+                    lag.progress = now;
+                }
+                let stalled =
+                    behind > STALL_LIMIT && now.duration_since(lag.progress) > STALL_LIMIT;
+                me.update(behind, stalled);
             }
         });
     }
 
-    fn update(&self, behind: Duration) {
+    fn update(&self, behind: Duration, stalled: bool) {
         self.lag_seconds.store(behind.as_secs(), Ordering::Relaxed);
         allezon_core::metrics::metrics()
             .http
@@ -126,13 +144,13 @@ impl Freshness {
             .set(behind.as_secs_f64());
         let was = self.shedding();
         let now = if was {
-            behind > self.limit / 2
+            stalled || behind > self.limit / 2
         } else {
-            behind > self.limit
+            stalled || behind > self.limit
         };
         if now != was {
             if now {
-                tracing::warn!(?behind, limit = ?self.limit, "the workers are behind; refusing tags until they catch up");
+                tracing::warn!(?behind, stalled, limit = ?self.limit, "the workers are behind; refusing tags until they catch up");
             } else {
                 tracing::info!(?behind, "the workers caught up; accepting tags again");
             }
@@ -143,11 +161,22 @@ impl Freshness {
 
 /// The sampler's memory: per partition, when its end passed each sampled
 /// offset, and where the workers stand.
-#[derive(Default)]
 struct Lag {
     /// Per partition (by index), (end, when first seen), oldest first.
     samples: Vec<VecDeque<(u64, Instant)>>,
     watermarks: Vec<u64>,
+    /// When a watermark last moved, or nothing waited.
+    progress: Instant,
+}
+
+impl Default for Lag {
+    fn default() -> Self {
+        Self {
+            samples: Vec::new(),
+            watermarks: Vec::new(),
+            progress: Instant::now(),
+        }
+    }
 }
 
 /// Samples kept per partition: a few minutes, far past any limit.
@@ -186,9 +215,12 @@ impl Lag {
             .collect()
     }
 
-    fn watermarks(&mut self, partitions: &[u32], marks: &[u64]) {
+    fn watermarks(&mut self, partitions: &[u32], marks: &[u64], now: Instant) {
         for (&partition, &mark) in partitions.iter().zip(marks) {
             if let Some(slot) = self.watermarks.get_mut(partition as usize) {
+                if mark > *slot {
+                    self.progress = now;
+                }
                 *slot = (*slot).max(mark);
             }
         }
@@ -232,13 +264,18 @@ mod tests {
         assert_eq!(lag.behind(at(3)), Duration::from_secs(3));
         // Partition 0 applied up to 20, partition 2 all: only 30 is left,
         // reached at 2 s.
-        lag.watermarks(&[0, 2], &[20, 5]);
+        lag.watermarks(&[0, 2], &[20, 5], at(3));
         assert_eq!(lag.behind(at(3)), Duration::from_secs(1));
         // Everything applied: no lag, whatever the time.
-        lag.watermarks(&[0, 2], &[30, 5]);
+        lag.watermarks(&[0, 2], &[30, 5], at(3));
         assert_eq!(lag.behind(at(100)), Duration::ZERO);
         // Watermarks never go back (a late answer from a stale read).
-        lag.watermarks(&[0], &[10]);
+        lag.watermarks(&[0], &[10], at(4));
+        assert_eq!(
+            lag.progress,
+            at(3),
+            "a watermark that went back is no progress"
+        );
         assert_eq!(lag.behind(at(100)), Duration::ZERO);
     }
 
@@ -249,7 +286,7 @@ mod tests {
         for s in 0..100u64 {
             lag.sample(&ends(&[s + 1]), start + Duration::from_secs(s));
         }
-        lag.watermarks(&[0], &[90]);
+        lag.watermarks(&[0], &[90], start);
         lag.sample(&ends(&[100]), start + Duration::from_secs(100));
         assert!(lag.samples[0].len() <= 11, "{}", lag.samples[0].len());
         assert_eq!(
@@ -261,13 +298,18 @@ mod tests {
     #[test]
     fn sheds_above_the_limit_and_accepts_again_below_half() {
         let freshness = Freshness::new(Duration::from_secs(10));
-        freshness.update(Duration::from_secs(9));
+        freshness.update(Duration::from_secs(9), false);
         assert!(!freshness.shedding());
-        freshness.update(Duration::from_secs(11));
+        freshness.update(Duration::from_secs(11), false);
         assert!(freshness.shedding());
-        freshness.update(Duration::from_secs(6));
+        freshness.update(Duration::from_secs(6), false);
         assert!(freshness.shedding());
-        freshness.update(Duration::from_secs(4));
+        freshness.update(Duration::from_secs(4), false);
+        assert!(!freshness.shedding());
+        // Stopped workers: refused well before the limit, until they move.
+        freshness.update(Duration::from_secs(3), true);
+        assert!(freshness.shedding());
+        freshness.update(Duration::from_secs(3), false);
         assert!(!freshness.shedding());
     }
 }

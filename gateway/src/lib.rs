@@ -125,7 +125,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    let services = Services::connect_lazy(&config.services)?;
+    let services = Services::connect_watched(&config.services, &shutdown)?;
     let reachable = watch_kafka(&readiness, &log, &shutdown);
     let tags = Arc::new(LogWrites {
         log,
