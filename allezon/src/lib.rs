@@ -41,6 +41,12 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     #[command(flatten)]
     pub grpc_tls: allezon_core::tls::ServerTlsArgs,
+    /// Refuse tags while the ingest worker is further behind than this
+    /// (statistics must count a tag within 60 s; profiles are written with
+    /// the tag), or has applied nothing for a quarter of it while tags
+    /// wait; 0: never.
+    #[arg(long, env = "ALLEZON_MAX_INGEST_LAG_MS", default_value_t = 45_000)]
+    pub max_ingest_lag_ms: u64,
     #[command(flatten)]
     pub data: DataDirArgs,
     #[command(flatten)]
@@ -199,7 +205,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     caught_up(&cell_store, &log, &worker).await?;
     // Profiles are written with the tag here; only the statistics come
     // from the worker.
-    let freshness = gateway::freshness::Freshness::new(gateway::freshness::STATISTICS_WINDOW_LIMIT);
+    let freshness = gateway::freshness::Freshness::new(std::time::Duration::from_millis(
+        config.max_ingest_lag_ms,
+    ));
     freshness.spawn_watch(Arc::clone(&in_process.aggregates), shutdown.clone());
     let backends = gateway::Backends {
         services: in_process,

@@ -19,7 +19,10 @@
 //! have stopped altogether (restarting, or waiting for their partitions):
 //! every tag accepted in the meantime misses its window whatever comes
 //! next. So tags are also refused as soon as the workers have applied
-//! nothing for [`STALL_LIMIT`] while tags wait for them.
+//! nothing for a quarter of the limit while tags wait for them (2 s where
+//! the workers build profiles; in the all-in-one, whose profiles are
+//! written with the tag, 11 s is early enough for the statistics and
+//! spares a loaded machine's hiccups).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,19 +33,6 @@ use allezon_api::Aggregates;
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1 as pb;
 use event_log::Position;
-
-/// The lag at which tags are refused when the workers build profiles
-/// (multi-process mode): a margin inside the contract's 10 s.
-pub const PROFILE_WINDOW_LIMIT: Duration = Duration::from_secs(8);
-/// The lag at which tags are refused when only statistics come from the
-/// workers (the all-in-one writes profiles with the tag): a margin inside
-/// the contract's 60 s.
-pub const STATISTICS_WINDOW_LIMIT: Duration = Duration::from_secs(45);
-
-/// Refuse tags when tags wait and no watermark has moved for this long:
-/// the workers have stopped. Workers apply a batch every few hundred
-/// milliseconds while they run.
-pub const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// Partitions followed; a topic with more is not measured past this.
 const MAX_PARTITIONS: usize = 1024;
@@ -58,15 +48,21 @@ pub struct Freshness {
     shedding: AtomicBool,
     /// Shed above this lag; accept again below half of it.
     limit: Duration,
+    /// Shed when tags wait and no watermark has moved for this long: the
+    /// workers have stopped (running workers apply a batch every few
+    /// hundred milliseconds).
+    stall: Duration,
     lag_seconds: AtomicU64,
 }
 
 impl Freshness {
+    /// Sheds past `limit` (zero: never; the lag is still measured).
     pub fn new(limit: Duration) -> Arc<Self> {
         Arc::new(Self {
             ends: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             shedding: AtomicBool::new(false),
             limit,
+            stall: limit / 4,
             lag_seconds: AtomicU64::new(0),
         })
     }
@@ -129,8 +125,7 @@ impl Freshness {
                 if behind.is_zero() {
                     lag.progress = now;
                 }
-                let stalled =
-                    behind > STALL_LIMIT && now.duration_since(lag.progress) > STALL_LIMIT;
+                let stalled = behind > me.stall && now.duration_since(lag.progress) > me.stall;
                 me.update(behind, stalled);
             }
         });
@@ -142,6 +137,9 @@ impl Freshness {
             .http
             .ingest_lag
             .set(behind.as_secs_f64());
+        if self.limit.is_zero() {
+            return;
+        }
         let was = self.shedding();
         let now = if was {
             stalled || behind > self.limit / 2

@@ -50,6 +50,11 @@ pub struct Config {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// Refuse tags while the ingest workers are further behind than this
+    /// (they build the profiles, which must show within 10 s), or have
+    /// applied nothing for a quarter of it while tags wait; 0: never.
+    #[arg(long, env = "ALLEZON_MAX_INGEST_LAG_MS", default_value_t = 8_000)]
+    pub max_ingest_lag_ms: u64,
 }
 
 /// The whole HTTP application: routes and middleware.
@@ -133,7 +138,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         reachable,
     });
     // Workers build the profiles too here: shed before their 10 s window.
-    let freshness = Freshness::new(freshness::PROFILE_WINDOW_LIMIT);
+    let freshness = Freshness::new(Duration::from_millis(config.max_ingest_lag_ms));
     freshness.spawn_watch(Arc::clone(&services.aggregates), shutdown.clone());
     let backends = Backends {
         services,

@@ -103,6 +103,7 @@ async fn a_tag_whose_write_failed_is_in_neither_view() {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_tls: Default::default(),
+        max_ingest_lag_ms: 45_000,
         data: allezon_core::config::DataDirArgs {
             data_dir: dir.path().to_owned(),
         },

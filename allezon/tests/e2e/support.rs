@@ -233,6 +233,22 @@ pub async fn post_tag(
         .status()
 }
 
+/// Posts `tag` until it is accepted, as a client honouring `Retry-After`
+/// does: a 503 (the gateway refusing tags while the workers catch up, or in
+/// an outage) is tried again a second later; any other status fails.
+pub async fn post_tag_until_accepted(client: &reqwest::Client, server: &Server, tag: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = post_tag(client, server, tag).await;
+        if status == 204 {
+            return;
+        }
+        assert_eq!(status, 503, "{tag}");
+        assert!(Instant::now() < deadline, "refused for 120 s: {tag}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 pub async fn profile(
     client: &reqwest::Client,
     server: &Server,
