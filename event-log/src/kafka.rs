@@ -86,7 +86,7 @@ impl KafkaConfig {
             replication: 1,
             produce_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(20),
-            session_timeout: Duration::from_secs(45),
+            session_timeout: Duration::from_secs(6),
             instance_id: None,
             properties: Vec::new(),
         }
@@ -552,6 +552,11 @@ impl KafkaConsumer {
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
+            )
+            // Three heartbeats per session, as the protocol advises.
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout.as_millis() / 3).max(100).to_string(),
             )
             .set("statistics.interval.ms", STATISTICS_EVERY_MS)
             .create_with_context(GroupContext {

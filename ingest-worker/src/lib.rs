@@ -34,11 +34,16 @@ pub struct Config {
     /// worker's partitions move after `--kafka-session-timeout-ms`.
     #[arg(long, env = "ALLEZON_KAFKA_INSTANCE_ID")]
     pub kafka_instance_id: Option<String>,
-    /// How long the group waits for a silent worker.
+    /// How long the group waits for a silent worker before its partitions
+    /// move to the others. Short, because the workers build the profiles,
+    /// which must show within 10 s: 6 s is the brokers' usual minimum
+    /// (`group.min.session.timeout.ms`). tansu also holds every JoinGroup
+    /// for half of it, so a longer one slows every (re)start: 45 s made a
+    /// restarted worker wait 26 s for its partitions, 6 s makes it 6 s.
     #[arg(
         long,
         env = "ALLEZON_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 45_000
+        default_value_t = 6_000
     )]
     pub kafka_session_timeout_ms: u64,
     #[command(flatten)]
