@@ -556,7 +556,9 @@ impl KafkaConsumer {
             // Three heartbeats per session, as the protocol advises.
             .set(
                 "heartbeat.interval.ms",
-                (config.session_timeout.as_millis() / 3).max(100).to_string(),
+                (config.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
             )
             .set("statistics.interval.ms", STATISTICS_EVERY_MS)
             .create_with_context(GroupContext {

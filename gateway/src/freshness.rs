@@ -39,7 +39,7 @@ const MAX_PARTITIONS: usize = 1024;
 /// How often the partitions' ends are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How often the workers' watermarks are read.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// What the gateway sheds on, from the writer's point of view.
 pub struct Freshness {

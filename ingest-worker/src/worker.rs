@@ -175,11 +175,13 @@ pub async fn run_watched<C: LogConsumer>(
 /// that a restart of the service clears is retried, but one that never
 /// clears stops the worker, so it is seen (readiness, the failures metric,
 /// a restart by its supervisor) instead of freezing a partition forever.
-const MAX_FAULT_RETRIES: u32 = 8;
+const MAX_FAULT_RETRIES: u32 = 16;
 
 /// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+// Capped low: a restarted service is back within a second or two, and every
+// second the worker waits past that is a second of profiles going stale.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl<C: LogConsumer> Worker<C> {
     pub fn new(

@@ -154,9 +154,9 @@ async fn an_unavailable_service_is_waited_for() {
     let (worker, failing, _dir) = worker_against(|| Status::unavailable("restarting")).await;
     let shutdown = Shutdown::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
-    // Past the attempts an internal error gets (1 + 8 retries), counted in
+    // Past the attempts an internal error gets (1 + 16 retries), counted in
     // attempts rather than time.
-    while failing.applies.load(Ordering::Relaxed) < 10 {
+    while failing.applies.load(Ordering::Relaxed) < 18 {
         assert!(!running.is_finished(), "the worker gave up on UNAVAILABLE");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
