@@ -218,7 +218,8 @@ async fn tags_are_refused_while_the_workers_lag_and_accepted_once_they_catch_up(
         .unwrap()
         .parse()
         .unwrap();
-    assert!(lag > 1.0, "{lag}");
+    // Refused once it passed a quarter of the limit with nothing applied.
+    assert!(lag >= 0.25, "{lag}");
     let appended = log.0.load(Ordering::SeqCst);
     // Refused tags were not written.
     assert_eq!(post(app.clone()).await.status(), 503);

@@ -155,7 +155,8 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             format!("127.0.0.1:{admin}"),
         ]
     };
-    let mut worker_a = Proc(spawn("ingest-worker", &worker_args("a", free_port())));
+    // Port 0: a port picked free here could be taken before the worker binds it.
+    let mut worker_a = Proc(spawn("ingest-worker", &worker_args("a", 0)));
     let worker_b_admin = free_port();
     let _worker_b = Proc(spawn("ingest-worker", &worker_args("b", worker_b_admin)));
 
@@ -179,6 +180,12 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             endpoint(aggregate_port),
             s("--id-svc"),
             endpoint(id_port),
+            // Exactness through kills is under test here, with tags sent
+            // while a worker and profile-svc are down; shedding on the
+            // workers' lag has tests of its own (gateway/tests/shedding.rs,
+            // scripts/crash-cycles.sh).
+            s("--max-ingest-lag-ms"),
+            s(0),
         ],
     );
     let server = Server::attach(gateway, format!("http://127.0.0.1:{http_port}"));
@@ -215,7 +222,7 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
         post_tag_until_accepted(&client, &server, t).await;
     }
     // Restarted with its identity, the worker takes its partitions back.
-    let _worker_a = Proc(spawn("ingest-worker", &worker_args("a", free_port())));
+    let _worker_a = Proc(spawn("ingest-worker", &worker_args("a", 0)));
 
     // profile-svc down: tags are still accepted (the log has them), and
     // counted only once profile-svc is back, in both views at once.
