@@ -19,7 +19,7 @@ use http::Request;
 use tower::ServiceExt;
 
 /// The gateway's limit of requests in flight.
-const SLOTS: usize = 4096;
+const SLOTS: usize = 1024;
 
 /// A durable write that never completes: each tag holds its slot. Counts
 /// the writes begun, each by a request holding a slot.
