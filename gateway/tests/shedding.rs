@@ -32,7 +32,7 @@ impl TagWriter for Stuck {
     }
 }
 
-/// Services that answer at once with empty results.
+/// Profile and id services that answer at once with empty results.
 struct Empty;
 
 #[tonic::async_trait]
@@ -42,25 +42,6 @@ impl Profiles for Empty {
     }
     async fn get_profile(&self, _: pb::GetProfileRequest) -> Result<pb::GetProfileResponse> {
         Ok(pb::GetProfileResponse::default())
-    }
-}
-
-#[tonic::async_trait]
-impl Aggregates for Empty {
-    async fn apply_deltas(&self, _: pb::ApplyDeltasRequest) -> Result<pb::ApplyDeltasResponse> {
-        Ok(pb::ApplyDeltasResponse::default())
-    }
-    async fn query_aggregates(
-        &self,
-        _: pb::QueryAggregatesRequest,
-    ) -> Result<pb::QueryAggregatesResponse> {
-        Ok(pb::QueryAggregatesResponse::default())
-    }
-    async fn get_watermarks(
-        &self,
-        _: pb::GetWatermarksRequest,
-    ) -> Result<pb::GetWatermarksResponse> {
-        Ok(pb::GetWatermarksResponse::default())
     }
 }
 
@@ -92,7 +73,7 @@ async fn a_full_server_sheds_every_route() {
     let app = gateway::app(Backends {
         services: Services {
             profiles: Arc::new(Empty),
-            aggregates: Arc::new(Empty),
+            aggregates: Arc::new(Workers::default()),
             ids: Arc::new(Empty),
         },
         tags: Arc::new(Stuck(Arc::clone(&writing))),
@@ -142,7 +123,9 @@ impl TagWriter for Appends {
     }
 }
 
-/// Workers whose watermark the test moves.
+/// Workers whose watermark the test moves (the aggregates service of both
+/// tests: 0, nothing applied, unless moved).
+#[derive(Default)]
 struct Workers(Arc<AtomicU64>);
 
 #[tonic::async_trait]
