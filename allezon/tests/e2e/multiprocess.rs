@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::aggregates::{Query, query};
 use crate::support::{
-    Server, client, eventually, expected_profile, post_tag, post_tag_until_accepted, profile, tag,
+    Server, client, eventually, eventually_equal, expected_profile, post_tag,
+    post_tag_until_accepted, profile, tag,
 };
 
 const BINARIES: [&str; 5] = [
@@ -42,6 +43,30 @@ pub(crate) fn bin_dir() -> &'static Path {
         }
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
+        }
+        // Cargo gives this test its package's variables (CARGO_MANIFEST_DIR
+        // and the like). Passed on, they reach build scripts that watch them
+        // (ring's does), and every build here and after it recompiled half
+        // the tree: minutes of CI, spent while other tests run.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                build.env_remove(name.as_ref());
+            }
         }
         let target = dir.parent().unwrap();
         let status = build
@@ -277,9 +302,8 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     let want = all.expected(&tags);
     // Generous: a restarted worker and a restarted profile-svc both have to
     // be picked up, on a shared 2-core machine.
-    eventually(Duration::from_secs(120), || {
-        let (client, server, want) = (&client, &server, &want);
-        async move { query(client, server, &all).await == *want }
+    eventually_equal(Duration::from_secs(120), &want, || {
+        query(&client, &server, &all)
     })
     .await;
     for q in [

@@ -271,6 +271,27 @@ pub async fn profile(
 }
 
 /// Retries `check` until it passes or `within` runs out; never a bare sleep.
+/// Polls `get` until it returns `want`; on timeout, fails showing the last
+/// answer next to the expected one, so a failure says what was missing.
+pub async fn eventually_equal<F, Fut>(within: Duration, want: &Value, mut get: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let got = get().await;
+        if got == *want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not equal within {within:?}:\n got: {got}\nwant: {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn eventually<F, Fut>(within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
