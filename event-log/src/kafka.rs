@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use allezon_core::shutdown::Shutdown;
 use allezon_core::trace::{self, Carried};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -137,6 +138,47 @@ impl KafkaConfig {
             }
         }
         Ok(())
+    }
+
+    /// [`ensure_topic`](Self::ensure_topic) until it succeeds, with backoff:
+    /// a process started before its brokers answer stays up (and unready,
+    /// its caller has not set readiness yet) instead of exiting, and goes on
+    /// by itself once they do. Returns `Ok(false)` if `shutdown` came first.
+    /// Errors no retry can fix (bad settings, no permission) are returned.
+    pub async fn ensure_topic_patiently(&self, shutdown: &Shutdown) -> Result<bool, LogError> {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.ensure_topic().await {
+                Ok(()) => return Ok(true),
+                Err(err) if !retryable(&err) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%err, ?backoff, topic = %self.topic, "brokers not usable yet; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Whether a failure to create the topic may clear by itself (brokers
+/// starting, unreachable, electing), as opposed to settings that are wrong.
+fn retryable(err: &LogError) -> bool {
+    match err {
+        LogError::Kafka(KafkaError::ClientCreation(_)) => false,
+        LogError::Kafka(KafkaError::AdminOp(code)) => !matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidPartitions
+                | RDKafkaErrorCode::InvalidConfig
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::PolicyViolation
+        ),
+        _ => true,
     }
 }
 

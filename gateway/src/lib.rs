@@ -116,7 +116,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
-    kafka.ensure_topic().await?;
+    if !kafka.ensure_topic_patiently(&shutdown).await? {
+        return Ok(());
+    }
     let log = KafkaLog::new(&kafka)?;
     // Not serving until a tag can go all the way through: the HTTP port
     // opens, and readiness turns true, only after this.

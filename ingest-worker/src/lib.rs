@@ -65,9 +65,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         instance_id: config.kafka_instance_id.clone(),
         ..base
     };
-    kafka.ensure_topic().await?;
     let readiness = Readiness::default();
     admin::spawn(config.admin.admin_addr, readiness.clone(), shutdown.clone()).await?;
+    if !kafka.ensure_topic_patiently(&shutdown).await? {
+        return Ok(());
+    }
     let consumer = KafkaConsumer::new(&kafka, &config.kafka_group)?;
     // The brokers' answer is the worker's readiness too (the consumer
     // itself belongs to the worker task).

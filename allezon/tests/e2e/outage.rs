@@ -148,3 +148,83 @@ async fn a_broker_outage_gets_fast_503s_and_an_empty_restarted_broker_is_used_ag
         .and_then(|v| v.parse::<u64>().ok());
     assert!(rebuilds.is_some_and(|n| n >= 1), "{rebuilds:?}");
 }
+
+/// A gateway and a worker started before their broker listens (a cluster
+/// coming up in any order) stay up and unready, retrying, and start work by
+/// themselves once the broker answers; before, both exited at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_and_a_worker_started_before_the_broker_wait_for_it() {
+    let kafka = free_port();
+    let brokers = format!("127.0.0.1:{kafka}");
+    let (http, gateway_admin, worker_admin) = (free_port(), free_port(), free_port());
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let common = |admin: u16| {
+        vec![
+            s("--admin-addr"),
+            format!("127.0.0.1:{admin}"),
+            s("--kafka-brokers"),
+            brokers.clone(),
+            s("--kafka-topic"),
+            s("late"),
+            s("--kafka-create-partitions"),
+            s(1),
+            s("--profile-svc"),
+            nowhere.clone(),
+            s("--aggregate-svc"),
+            nowhere.clone(),
+            s("--id-svc"),
+            nowhere.clone(),
+        ]
+    };
+    let mut gateway_args = common(gateway_admin);
+    gateway_args.extend([
+        s("--http-addr"),
+        format!("127.0.0.1:{http}"),
+        s("--max-ingest-lag-ms"),
+        s(0),
+    ]);
+    let gateway = spawn("gateway", &gateway_args);
+    let server = Server::attach(gateway, format!("http://127.0.0.1:{http}"));
+    let mut worker = Proc(spawn("ingest-worker", &common(worker_admin)));
+    let client = client();
+    let readyz = |admin: u16| {
+        let client = client.clone();
+        async move {
+            match client
+                .get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await
+            {
+                Ok(r) => Some(r.status().as_u16()),
+                Err(_) => None,
+            }
+        }
+    };
+    for admin in [gateway_admin, worker_admin] {
+        eventually(Duration::from_secs(30), || async move {
+            readyz(admin).await.is_some()
+        })
+        .await;
+    }
+    // Several retries' worth of waiting: both still up, and unready.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+    assert_eq!(readyz(gateway_admin).await, Some(503));
+    assert_eq!(readyz(worker_admin).await, Some(503));
+
+    let _broker = Proc(tansu(kafka));
+    let started = Instant::now();
+    for admin in [gateway_admin, worker_admin] {
+        eventually(Duration::from_secs(60), || async move {
+            readyz(admin).await == Some(200)
+        })
+        .await;
+    }
+    eprintln!(
+        "both ready {:?} after the broker started",
+        started.elapsed()
+    );
+    let t = tag("late-broker", "VIEW", 1_000, 1);
+    assert_eq!(crate::support::post_tag(&client, &server, &t).await, 204);
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+}
