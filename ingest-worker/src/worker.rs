@@ -66,6 +66,16 @@ pub enum WorkerError {
     Profiles(tonic::Status),
     #[error("the worker made no progress for {0:?}; stopped so that it is restarted")]
     Stuck(Duration),
+    #[error(
+        "partition {partition} read nothing for {after:?} while the log holds records \
+         {position}..{end}; stopped so that it is restarted"
+    )]
+    Stalled {
+        partition: u32,
+        position: u64,
+        end: u64,
+        after: Duration,
+    },
 }
 
 impl WorkerError {
@@ -75,7 +85,7 @@ impl WorkerError {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => {
                 allezon_core::Error::from_status(status).kind() == ErrorKind::Internal
             }
-            WorkerError::Log(_) | WorkerError::Stuck(_) => false,
+            WorkerError::Log(_) | WorkerError::Stuck(_) | WorkerError::Stalled { .. } => false,
         }
     }
 
@@ -85,7 +95,7 @@ impl WorkerError {
         match self {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => transient(status),
             WorkerError::Log(LogError::Kafka(_)) => true,
-            WorkerError::Log(_) | WorkerError::Stuck(_) => false,
+            WorkerError::Log(_) | WorkerError::Stuck(_) | WorkerError::Stalled { .. } => false,
         }
     }
 }
@@ -113,6 +123,9 @@ pub struct Worker<C> {
     expect: BTreeMap<u32, u64>,
     /// Partitions positioned but not yet read from (see `step`).
     fresh: BTreeSet<u32>,
+    /// Per positioned partition, when it last moved on or was caught up:
+    /// see [`Worker::check_stalls`].
+    progressed: BTreeMap<u32, Instant>,
     heartbeat: Heartbeat,
 }
 
@@ -201,6 +214,7 @@ impl<C: LogConsumer> Worker<C> {
             held: BTreeMap::new(),
             expect: BTreeMap::new(),
             fresh: BTreeSet::new(),
+            progressed: BTreeMap::new(),
             heartbeat: Heartbeat::default(),
         }
     }
@@ -237,6 +251,7 @@ impl<C: LogConsumer> Worker<C> {
                 Ok(()) => {
                     backoff = FIRST_BACKOFF;
                     faults = 0;
+                    self.check_stalls()?;
                 }
                 Err(err) if err.is_fault() && faults >= MAX_FAULT_RETRIES => {
                     tracing::error!(%err, faults, "the same fault keeps failing the batch; giving up");
@@ -319,6 +334,7 @@ impl<C: LogConsumer> Worker<C> {
                 self.fresh.remove(&record.partition);
             }
             *expect = record.offset + 1;
+            self.progressed.insert(record.partition, Instant::now());
             by_partition
                 .entry(record.partition)
                 .or_default()
@@ -345,6 +361,40 @@ impl<C: LogConsumer> Worker<C> {
             }
             self.apply(partition, &records).await?;
             self.cuts.remove(&partition);
+        }
+        Ok(())
+    }
+
+    /// Stops the worker when a partition has records to read and has read
+    /// none of them for `stuck_after`, although every call succeeds: a
+    /// consumer that silently stopped fetching (a seek that never lands, a
+    /// fetcher left behind by a rebalance) would otherwise freeze the
+    /// statistics and the profiles while tags keep being accepted. A
+    /// restarted process starts from the watermarks with a new consumer.
+    /// Time spent failing is not counted: a failure repositions, and
+    /// positioning starts the clock again.
+    fn check_stalls(&mut self) -> Result<(), WorkerError> {
+        let after = self.config.stuck_after;
+        for (&partition, &position) in &self.expect {
+            let since = self
+                .progressed
+                .entry(partition)
+                .or_insert_with(Instant::now);
+            let end = self.consumer.end_offset(partition).unwrap_or(0);
+            if end <= position || self.held.contains_key(&partition) {
+                // Caught up (as of the log's last report), or waiting for
+                // the rest of a batch it holds.
+                *since = Instant::now();
+            } else if since.elapsed() > after {
+                metrics().stuck.inc();
+                tracing::error!(partition, position, end, ?after, "partition stalled");
+                return Err(WorkerError::Stalled {
+                    partition,
+                    position,
+                    end,
+                    after,
+                });
+            }
         }
         Ok(())
     }
@@ -382,6 +432,7 @@ impl<C: LogConsumer> Worker<C> {
         self.cuts.clear();
         self.expect.clear();
         self.fresh.clear();
+        self.progressed.clear();
         let pending = marks
             .pending_next_offsets
             .iter()

@@ -185,3 +185,72 @@ async fn a_worker_whose_call_never_returns_is_stopped_as_stuck() {
         "{metrics}"
     );
 }
+
+/// A consumer whose partition has records it never delivers: the log's end
+/// is ahead, every poll comes back empty.
+struct Silent;
+
+impl event_log::LogConsumer for Silent {
+    fn assignment(&self) -> Vec<u32> {
+        vec![0]
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+    async fn poll(
+        &mut self,
+        _: usize,
+        wait: Duration,
+    ) -> Result<Vec<event_log::Record>, event_log::LogError> {
+        tokio::time::sleep(wait).await;
+        Ok(Vec::new())
+    }
+    fn seek(&mut self, _: u32, _: u64) -> Result<(), event_log::LogError> {
+        Ok(())
+    }
+    fn first_offset(&mut self, _: u32) -> Result<u64, event_log::LogError> {
+        Ok(0)
+    }
+    fn end_offset(&self, _: u32) -> Option<u64> {
+        Some(10)
+    }
+    async fn commit(&mut self, _: u32, _: u64) -> Result<(), event_log::LogError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_partition_that_stops_delivering_its_records_stops_the_worker() {
+    let aggregates = Arc::new(Failing {
+        status: || Status::ok(""),
+        hang: false,
+        applies: AtomicU32::new(0),
+    });
+    let worker = Worker::new(
+        Silent,
+        Arc::new(NamedIds),
+        aggregates as Arc<dyn Aggregates>,
+        WorkerConfig {
+            stuck_after: Duration::from_secs(2),
+            ..WorkerConfig::default()
+        },
+    );
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(60),
+        ingest_worker::run_watched(worker, Shutdown::new()),
+    )
+    .await
+    .expect("a worker whose partition delivers nothing ran on");
+    assert!(
+        matches!(
+            stopped,
+            Err(WorkerError::Stalled {
+                partition: 0,
+                position: 0,
+                end: 10,
+                ..
+            })
+        ),
+        "{stopped:?}"
+    );
+}
