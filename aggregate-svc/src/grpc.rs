@@ -68,6 +68,7 @@ impl<S: AggregateStore> AggregateService for AggregateGrpc<S> {
                     start: r.start_offset,
                     next: r.next_offset,
                     deltas,
+                    rebase_from: r.rebase_from,
                 }),
             )
             .await?;

@@ -221,6 +221,9 @@ pub struct Worker {
     pub failures: Counter,
     /// Workers stopped because their loop stopped coming round.
     pub stuck: Counter,
+    /// Partitions found restarted below their watermark, and counted again
+    /// from the new log's start.
+    pub log_rebases: Counter,
 }
 
 /// The aggregate cells.
@@ -408,6 +411,7 @@ impl Metrics {
             id_cache: Family::default(),
             failures: Counter::default(),
             stuck: Counter::default(),
+            log_rebases: Counter::default(),
         };
         {
             let r = root.sub_registry_with_prefix("worker");
@@ -477,6 +481,11 @@ impl Metrics {
                 "stuck",
                 "Workers stopped because their loop made no progress for too long",
                 worker.stuck.clone(),
+            );
+            r.register(
+                "log_rebases",
+                "Partitions whose log restarted below the applied watermark (a broker that forgot it, a topic re-created), counted again from the new start",
+                worker.log_rebases.clone(),
             );
         }
 

@@ -727,6 +727,20 @@ impl LogConsumer for KafkaConsumer {
         Ok(u64::try_from(low).unwrap_or(0))
     }
 
+    fn current_end(&mut self, partition: u32) -> Option<u64> {
+        let p = i32::try_from(partition).ok()?;
+        match self
+            .consumer
+            .fetch_watermarks(&self.topic, p, Duration::from_secs(2))
+        {
+            Ok((_low, high)) => u64::try_from(high).ok(),
+            Err(err) => {
+                tracing::debug!(%err, partition, "the log's end is not known");
+                None
+            }
+        }
+    }
+
     fn system(&self) -> &'static str {
         "kafka"
     }

@@ -90,6 +90,13 @@ pub trait LogConsumer: Send {
     /// it knows. For the consumer lag metric.
     fn end_offset(&self, partition: u32) -> Option<u64>;
 
+    /// The end of `partition` asked of the log now, `None` when it does not
+    /// answer. May block briefly: asked when the worker positions a
+    /// partition, to find a log that restarted below the watermark.
+    fn current_end(&mut self, partition: u32) -> Option<u64> {
+        self.end_offset(partition)
+    }
+
     /// The log's kind, for the `messaging.system` of the worker's spans.
     fn system(&self) -> &'static str {
         "embedded"

@@ -118,7 +118,13 @@ impl Freshness {
                     })
                     .await
                 {
-                    lag.watermarks(&partitions, &marks.next_offsets, Instant::now());
+                    let rebased = lag.watermarks(&partitions, &marks.next_offsets, Instant::now());
+                    for (partition, mark) in rebased {
+                        // The log restarted: its ends start again too.
+                        if let Some(end) = me.ends.get(partition as usize) {
+                            end.store(mark, Ordering::Relaxed);
+                        }
+                    }
                 }
                 let now = Instant::now();
                 let behind = lag.behind(now);
@@ -213,15 +219,26 @@ impl Lag {
             .collect()
     }
 
-    fn watermarks(&mut self, partitions: &[u32], marks: &[u64], now: Instant) {
+    /// Takes the watermarks read at `now`. Returns the partitions whose
+    /// watermark went back, with it: their log restarted below it and the
+    /// workers count it again from its start (a rebase), so what was
+    /// sampled of the old log means nothing.
+    fn watermarks(&mut self, partitions: &[u32], marks: &[u64], now: Instant) -> Vec<(u32, u64)> {
+        let mut rebased = Vec::new();
         for (&partition, &mark) in partitions.iter().zip(marks) {
             if let Some(slot) = self.watermarks.get_mut(partition as usize) {
-                if mark > *slot {
+                if mark < *slot {
+                    rebased.push((partition, mark));
+                    if let Some(samples) = self.samples.get_mut(partition as usize) {
+                        samples.clear();
+                    }
+                } else if mark > *slot {
                     self.progress = now;
                 }
-                *slot = (*slot).max(mark);
+                *slot = mark;
             }
         }
+        rebased
     }
 
     /// The largest lag over the partitions: the age of the first sample
@@ -267,14 +284,17 @@ mod tests {
         // Everything applied: no lag, whatever the time.
         lag.watermarks(&[0, 2], &[30, 5], at(3));
         assert_eq!(lag.behind(at(100)), Duration::ZERO);
-        // Watermarks never go back (a late answer from a stale read).
-        lag.watermarks(&[0], &[10], at(4));
+        // A watermark that goes back is a log that restarted: what was
+        // sampled of the old one is dropped, and it is no progress.
+        assert_eq!(lag.watermarks(&[0], &[10], at(4)), vec![(0, 10)]);
         assert_eq!(
             lag.progress,
             at(3),
             "a watermark that went back is no progress"
         );
         assert_eq!(lag.behind(at(100)), Duration::ZERO);
+        lag.sample(&ends(&[15, 0, 5]), at(5));
+        assert_eq!(lag.behind(at(6)), Duration::from_secs(1));
     }
 
     #[test]

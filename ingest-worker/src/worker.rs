@@ -123,6 +123,9 @@ pub struct Worker<C> {
     expect: BTreeMap<u32, u64>,
     /// Partitions positioned but not yet read from (see `step`).
     fresh: BTreeSet<u32>,
+    /// Partitions whose log restarted below their watermark, with that
+    /// watermark: their next batch rebases them (see `position`).
+    rebases: BTreeMap<u32, u64>,
     /// Per positioned partition, when it last moved on or was caught up:
     /// see [`Worker::check_stalls`].
     progressed: BTreeMap<u32, Instant>,
@@ -214,6 +217,7 @@ impl<C: LogConsumer> Worker<C> {
             held: BTreeMap::new(),
             expect: BTreeMap::new(),
             fresh: BTreeSet::new(),
+            rebases: BTreeMap::new(),
             progressed: BTreeMap::new(),
             heartbeat: Heartbeat::default(),
         }
@@ -433,6 +437,7 @@ impl<C: LogConsumer> Worker<C> {
         self.expect.clear();
         self.fresh.clear();
         self.progressed.clear();
+        self.rebases.clear();
         let pending = marks
             .pending_next_offsets
             .iter()
@@ -444,6 +449,32 @@ impl<C: LogConsumer> Worker<C> {
             // The store is the truth, not the log's commit: 0 (nothing
             // applied yet) starts the partition from the beginning of what
             // the log retains. Records polled before this point were void.
+            let end = if watermark > 0 {
+                self.consumer.current_end(partition)
+            } else {
+                None
+            };
+            if let Some(end) = end.filter(|&end| end < watermark) {
+                // The log ends below what was applied from it: it restarted
+                // (a broker that forgot it, a topic re-created). Its records
+                // are new ones, and would be skipped as applied: read it
+                // from its start, and have the first batch rebase the
+                // watermark. An unfinished batch belonged to the old log.
+                let first = self.consumer.first_offset(partition).unwrap_or(0);
+                tracing::warn!(
+                    partition,
+                    watermark,
+                    end,
+                    first,
+                    "the log restarted below the watermark; reading it from its start"
+                );
+                metrics().log_rebases.inc();
+                self.consumer.seek(partition, first)?;
+                self.expect.insert(partition, first);
+                self.fresh.insert(partition);
+                self.rebases.insert(partition, watermark);
+                continue;
+            }
             self.consumer.seek(partition, watermark)?;
             self.expect.insert(partition, watermark);
             self.fresh.insert(partition);
@@ -537,6 +568,7 @@ impl<C: LogConsumer> Worker<C> {
             start_offset: start,
             next_offset: next,
             deltas,
+            rebase_from: self.rebases.get(&partition).copied(),
         };
         let applying = std::time::Instant::now();
         let applied = self.aggregates.apply_deltas(request).await;
@@ -545,6 +577,7 @@ impl<C: LogConsumer> Worker<C> {
             .observe(applying.elapsed().as_secs_f64());
         match applied {
             Ok(_) => {
+                self.rebases.remove(&partition);
                 metrics().batches.inc();
                 metrics().records.inc_by(records.len() as u64);
                 metrics().batch_size.observe(records.len() as f64);

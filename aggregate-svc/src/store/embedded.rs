@@ -396,7 +396,8 @@ impl EmbeddedAggregateStore {
     /// for a replay, else whether the engine was written (and needs a sync).
     fn apply_blocking(&self, batch: &DeltaBatch) -> Result<Option<bool>> {
         let mut hot = self.hot();
-        let (watermark, mut partition_clock) = self.watermark(&mut hot, batch.partition)?;
+        let (stored, mut partition_clock) = self.watermark(&mut hot, batch.partition)?;
+        let watermark = super::applies_on(batch, stored);
         if batch.next <= watermark {
             return Ok(None);
         }
@@ -607,6 +608,7 @@ mod tests {
 
     fn batch(start: u64, next: u64, deltas: Vec<(CellKey, Totals)>) -> DeltaBatch {
         DeltaBatch {
+            rebase_from: None,
             partition: 0,
             start,
             next,
@@ -707,6 +709,13 @@ mod tests {
             },
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_log_is_counted_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedAggregateStore::open(&Store::open(dir.path()).unwrap()).unwrap();
+        crate::store::scenarios::a_restarted_log_is_counted_from_its_start(store).await;
     }
 
     #[tokio::test]

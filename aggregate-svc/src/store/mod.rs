@@ -27,6 +27,9 @@ pub struct DeltaBatch {
     /// One past the last record folded.
     pub next: u64,
     pub deltas: Vec<(CellKey, Totals)>,
+    /// The watermark the worker found above the log's end: the log behind
+    /// the partition restarted (see [`applies_on`]).
+    pub rebase_from: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,26 @@ pub trait AggregateStore: Send + Sync + 'static {
         from_minute: i64,
         to_minute: i64,
     ) -> impl Future<Output = Result<Vec<Totals>>> + Send;
+}
+
+/// The watermark `batch` applies on, given the stored one: 0 when the batch
+/// rebases the partition and it still stands where its worker found it
+/// above the log's end (a broker that forgot its log, a topic re-created),
+/// so the new log's records count from its start; else the stored one. A
+/// rebase that already landed leaves the partition elsewhere, and a retry of
+/// it is then an ordinary replay.
+pub(crate) fn applies_on(batch: &DeltaBatch, stored: u64) -> u64 {
+    match batch.rebase_from {
+        Some(from) if from == stored && stored != 0 => {
+            tracing::warn!(
+                partition = batch.partition,
+                watermark = stored,
+                "the log restarted below the watermark; counting its records from its start"
+            );
+            0
+        }
+        _ => stored,
+    }
 }
 
 /// Whether `batch` may be applied on top of `watermark`: it must not overlap

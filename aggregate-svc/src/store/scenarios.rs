@@ -51,7 +51,48 @@ fn batch(offset: u64, deltas: Vec<(CellKey, Totals)>) -> DeltaBatch {
         start: offset,
         next: offset + 1,
         deltas,
+        rebase_from: None,
     }
+}
+
+/// A log that restarted below the watermark: the batch that says so (the
+/// watermark its worker found) applies from the new log's start, once; a
+/// retry of it is a replay, a stale rebase changes nothing, and the
+/// partition goes on from the new offsets.
+pub async fn a_restarted_log_is_counted_from_its_start<S: AggregateStore>(store: S) {
+    for offset in 0..50 {
+        store.apply(batch(offset, tags(START, 1))).await.unwrap();
+    }
+    assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 50);
+    // Without the rebase, the new log's first records read as replays.
+    assert_eq!(
+        store.apply(batch(0, tags(START, 1))).await.unwrap(),
+        super::Applied::Replayed
+    );
+    let rebase = DeltaBatch {
+        next: 3,
+        rebase_from: Some(50),
+        ..batch(0, tags(START, 3))
+    };
+    assert_eq!(
+        store.apply(rebase.clone()).await.unwrap(),
+        super::Applied::Applied
+    );
+    assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 3);
+    // Its answer lost, the rebase is sent again: nothing changes.
+    assert_eq!(store.apply(rebase).await.unwrap(), super::Applied::Replayed);
+    // A rebase from a watermark the partition no longer stands at is an
+    // ordinary batch.
+    let stale = DeltaBatch {
+        rebase_from: Some(50),
+        ..batch(3, tags(START, 1))
+    };
+    assert_eq!(store.apply(stale).await.unwrap(), super::Applied::Applied);
+    assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 4);
+    assert_eq!(
+        store.query(brand(1), START, START + 1).await.unwrap(),
+        [ten(54)]
+    );
 }
 
 /// Outliers dated 9999 and 0001, alone and in a burst, leave the stream's
