@@ -26,7 +26,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{EventLog, LogConsumer, LogError, Position, Record};
@@ -312,12 +312,24 @@ impl KafkaLog {
             }
             TopicState::Missing if self.shared.config.partitions > 0 => {
                 tracing::warn!(topic = %self.topic, "the topic is gone; creating it again");
+                // The brokers forgot it, and with it this producer's state:
+                // its sends would only time out (10 s, while clients wait
+                // 200 ms). They fail now instead, before the topic exists
+                // again, so none of them lands in the new one after its
+                // client was answered 503; the producer is replaced at the
+                // next probe.
+                self.shared.suspect.store(true, Ordering::Release);
+                used.purge(PurgeConfig::default().queue().inflight());
                 if let Err(err) = self.shared.config.ensure_topic().await {
                     tracing::warn!(%err, "re-creating the topic failed");
                 }
                 false
             }
-            TopicState::Missing | TopicState::Unready | TopicState::Unreachable => false,
+            TopicState::Missing => {
+                self.shared.suspect.store(true, Ordering::Release);
+                false
+            }
+            TopicState::Unready | TopicState::Unreachable => false,
         }
     }
 
@@ -727,18 +739,12 @@ impl LogConsumer for KafkaConsumer {
         Ok(u64::try_from(low).unwrap_or(0))
     }
 
-    fn current_end(&mut self, partition: u32) -> Option<u64> {
-        let p = i32::try_from(partition).ok()?;
-        match self
-            .consumer
-            .fetch_watermarks(&self.topic, p, Duration::from_secs(2))
-        {
-            Ok((_low, high)) => u64::try_from(high).ok(),
-            Err(err) => {
-                tracing::debug!(%err, partition, "the log's end is not known");
-                None
-            }
-        }
+    fn current_end(&mut self, partition: u32) -> Result<Option<u64>, LogError> {
+        let p = i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?;
+        let (_low, high) =
+            self.consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
+        Ok(u64::try_from(high).ok())
     }
 
     fn system(&self) -> &'static str {

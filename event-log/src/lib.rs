@@ -90,11 +90,12 @@ pub trait LogConsumer: Send {
     /// it knows. For the consumer lag metric.
     fn end_offset(&self, partition: u32) -> Option<u64>;
 
-    /// The end of `partition` asked of the log now, `None` when it does not
-    /// answer. May block briefly: asked when the worker positions a
-    /// partition, to find a log that restarted below the watermark.
-    fn current_end(&mut self, partition: u32) -> Option<u64> {
-        self.end_offset(partition)
+    /// The end of `partition` asked of the log now (`None`: not known).
+    /// May block briefly: asked when the worker positions a partition, to
+    /// find a log that restarted below the watermark; an error makes the
+    /// worker position again later rather than guess.
+    fn current_end(&mut self, partition: u32) -> Result<Option<u64>, LogError> {
+        Ok(self.end_offset(partition))
     }
 
     /// The log's kind, for the `messaging.system` of the worker's spans.

@@ -126,6 +126,7 @@ pub struct Worker<C> {
     /// Partitions whose log restarted below their watermark, with that
     /// watermark: their next batch rebases them (see `position`).
     rebases: BTreeMap<u32, u64>,
+
     /// Per positioned partition, when it last moved on or was caught up:
     /// see [`Worker::check_stalls`].
     progressed: BTreeMap<u32, Instant>,
@@ -298,6 +299,10 @@ impl<C: LogConsumer> Worker<C> {
         let mut by_partition = std::mem::take(&mut self.held);
         // Fresh partitions whose first record skipped ahead in this poll.
         let mut suspect: Vec<u32> = Vec::new();
+        // Partitions that delivered a record behind a position they had read
+        // on from: a late seek's re-delivery, or a consumer that reset to the
+        // start of a log that restarted (see below).
+        let mut went_back: Vec<u32> = Vec::new();
         for record in records {
             // Only records that continue where this partition stands; a
             // partition not positioned yet (records fetched across a
@@ -307,6 +312,10 @@ impl<C: LogConsumer> Worker<C> {
             };
             if record.offset < *expect {
                 metrics().stale.inc();
+                if !self.fresh.contains(&record.partition) && !went_back.contains(&record.partition)
+                {
+                    went_back.push(record.partition);
+                }
                 continue;
             }
             if self.fresh.contains(&record.partition) {
@@ -343,6 +352,20 @@ impl<C: LogConsumer> Worker<C> {
                 .entry(record.partition)
                 .or_default()
                 .push(record);
+        }
+        for partition in went_back {
+            let position = self.expect.get(&partition).copied().unwrap_or(0);
+            if self
+                .consumer
+                .current_end(partition)?
+                .is_some_and(|end| end < position)
+            {
+                // The log is now shorter than what this worker read of it:
+                // it restarted, and the broker did not make the group
+                // rebalance. Positioning again finds it and rebases.
+                self.positioned = None;
+                return Ok(());
+            }
         }
         if !suspect.is_empty() {
             self.positioned = None;
@@ -450,7 +473,7 @@ impl<C: LogConsumer> Worker<C> {
             // applied yet) starts the partition from the beginning of what
             // the log retains. Records polled before this point were void.
             let end = if watermark > 0 {
-                self.consumer.current_end(partition)
+                self.consumer.current_end(partition)?
             } else {
                 None
             };
