@@ -108,8 +108,9 @@ pub struct KafkaArgs {
     #[arg(long, env = "ALLEZON_KAFKA_LINGER_MS", default_value_t = 20)]
     pub kafka_linger_ms: u64,
     /// librdkafka properties passed through to every Kafka client, as
-    /// `name=value`: repeat the flag, or separate them with commas in the
-    /// environment. This is how TLS and SASL are set, e.g.
+    /// `name=value`: repeat the flag, or separate them with commas. A part
+    /// without `=` continues the value before it, so list values keep their
+    /// commas (`debug=cgrp,fetch`). This is how TLS and SASL are set, e.g.
     /// `security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,
     /// sasl.username=…,sasl.password=…,ssl.ca.location=/etc/kafka/ca.pem`
     /// (TLS needs a build with the `event-log/ssl` feature). Unknown names
@@ -117,20 +118,45 @@ pub struct KafkaArgs {
     #[arg(
         long = "kafka-property",
         env = "ALLEZON_KAFKA_PROPERTIES",
-        value_delimiter = ',',
-        value_parser = parse_property
+        value_parser = parse_properties
     )]
-    pub kafka_properties: Vec<(String, String)>,
+    pub kafka_properties: Vec<Properties>,
 }
 
-/// `name=value`, for [`KafkaArgs::kafka_properties`].
-fn parse_property(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err(format!("expected name=value, got {text:?}")),
+impl KafkaArgs {
+    /// Every `name=value` given, in order.
+    pub fn properties(&self) -> Vec<(String, String)> {
+        self.kafka_properties
+            .iter()
+            .flat_map(|p| p.0.iter().cloned())
+            .collect()
     }
+}
+
+/// The `name=value` pairs of one `--kafka-property` (or of the variable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Properties(pub Vec<(String, String)>);
+
+/// `name=value[,name=value…]`, for [`KafkaArgs::kafka_properties`]. A part
+/// without `=` belongs to the value before it: librdkafka's list values
+/// (`debug`, `ssl.cipher.suites`) contain commas.
+fn parse_properties(text: &str) -> Result<Properties, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                out.push((name.trim().to_owned(), value.to_owned()));
+            }
+            None if !out.is_empty() => {
+                if let Some((_, value)) = out.last_mut() {
+                    value.push(',');
+                    value.push_str(part);
+                }
+            }
+            _ => return Err(format!("expected name=value, got {part:?}")),
+        }
+    }
+    Ok(Properties(out))
 }
 
 /// Which replica serves reads.
@@ -268,13 +294,28 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.kafka.kafka_properties,
+            cli.kafka.properties(),
             vec![
                 ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
                 ("sasl.password".to_owned(), "a=b".to_owned()),
             ]
         );
+        // Several in one, and list values that keep their commas.
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-property",
+            "debug=cgrp,fetch,security.protocol=SSL",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.kafka.properties(),
+            vec![
+                ("debug".to_owned(), "cgrp,fetch".to_owned()),
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+            ]
+        );
         assert!(Cli::try_parse_from(["x", "--kafka-property", "novalue"]).is_err());
         assert!(Cli::try_parse_from(["x", "--kafka-property", "=x"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--kafka-property", "a=1,=x"]).is_err());
     }
 }

@@ -74,7 +74,7 @@ impl KafkaConfig {
             partitions: args.kafka_create_partitions.unwrap_or(0),
             replication: args.kafka_replication,
             linger: Duration::from_millis(args.kafka_linger_ms),
-            properties: args.kafka_properties.clone(),
+            properties: args.properties(),
             ..Self::new(args.kafka_brokers.clone()?, args.kafka_topic.clone())
         })
     }
