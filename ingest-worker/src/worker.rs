@@ -297,6 +297,8 @@ impl<C: LogConsumer> Worker<C> {
             records.extend(self.consumer.poll(room, Duration::ZERO).await?);
         }
         let mut by_partition = std::mem::take(&mut self.held);
+        // One clock read for the poll, not one per record.
+        let now = Instant::now();
         // Fresh partitions whose first record skipped ahead in this poll.
         let mut suspect: Vec<u32> = Vec::new();
         // Partitions that delivered a record behind a position they had read
@@ -347,7 +349,7 @@ impl<C: LogConsumer> Worker<C> {
                 self.fresh.remove(&record.partition);
             }
             *expect = record.offset + 1;
-            self.progressed.insert(record.partition, Instant::now());
+            self.progressed.insert(record.partition, now);
             by_partition
                 .entry(record.partition)
                 .or_default()

@@ -270,7 +270,6 @@ pub async fn profile(
     response.json().await.expect("profile json")
 }
 
-/// Retries `check` until it passes or `within` runs out; never a bare sleep.
 /// Polls `get` until it returns `want`; on timeout, fails showing the last
 /// answer next to the expected one, so a failure says what was missing.
 pub async fn eventually_equal<F, Fut>(within: Duration, want: &Value, mut get: F)
@@ -292,6 +291,7 @@ where
     }
 }
 
+/// Retries `check` until it passes or `within` runs out; never a bare sleep.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
