@@ -263,7 +263,9 @@ impl LogConsumer for EmbeddedConsumer {
         Ok(())
     }
 
-    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+    // One small range read, asked rarely (see the trait): not worth a
+    // blocking thread.
+    async fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
         let range = record_key(partition, 0)..record_key(partition, u64::MAX);
         match self.log.inner.records.range(range).next() {
             Some(guard) => {

@@ -15,7 +15,7 @@ use allezon_core::shutdown::Shutdown;
 use allezon_core::trace::{self, Carried};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,6 +28,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
 
 use crate::{EventLog, LogConsumer, LogError, Position, Record};
 
@@ -570,9 +571,27 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// How long a watermark query may take before the worker is told it failed
+/// (and retries).
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A watermark query still running after this long is taken as hung for
+/// good: seen with a broker that restarted empty, where librdkafka's query
+/// loops while the partition's leader is unknown, past its timeout
+/// (librdkafka #4878, rust-rdkafka #762), and did not return in minutes.
+const WATERMARKS_HUNG_AFTER: Duration = Duration::from_secs(30);
+
+/// A watermark query on its blocking thread: the partition's (low, high).
+type WatermarksQuery = JoinHandle<Result<(i64, i64), KafkaError>>;
+
 /// One member of a consumer group on the topic.
 pub struct KafkaConsumer {
-    consumer: StreamConsumer<GroupContext>,
+    /// Shared with the blocking thread of a watermark query.
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// A watermark query that outlived its timeout, with when it was asked:
+    /// waited for again before another is started, so a hung librdkafka
+    /// call holds one blocking thread, not one per retry.
+    hung_query: Option<(Instant, WatermarksQuery)>,
     topic: String,
     assignment: Arc<Assignment>,
     ends: Arc<Mutex<BTreeMap<u32, u64>>>,
@@ -621,13 +640,62 @@ impl KafkaConsumer {
             })?;
         consumer.subscribe(&[config.topic.as_str()])?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            hung_query: None,
             topic: config.topic.clone(),
             assignment,
             ends,
             pending_seeks: BTreeMap::new(),
             seeks_generation: 0,
         })
+    }
+
+    /// The partition's first and end offsets, asked of its leader. The
+    /// query is a blocking librdkafka call that may not return at all (see
+    /// [`WATERMARKS_HUNG_AFTER`]): it runs on a blocking thread, so the
+    /// worker's task, and the watchdog beside it, keep running. A query
+    /// that times out is a transient error; one hung for good is
+    /// [`LogError::Hung`], which stops the worker so that a new process,
+    /// with a new client, takes over.
+    async fn watermarks(&mut self, partition: u32) -> Result<(i64, i64), LogError> {
+        let p = i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?;
+        let timed_out = || {
+            LogError::Kafka(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::OperationTimedOut,
+            ))
+        };
+        if let Some((asked, mut query)) = self.hung_query.take() {
+            // Its answer is for an earlier question; only its end matters.
+            if tokio::time::timeout(WATERMARKS_TIMEOUT, &mut query)
+                .await
+                .is_err()
+            {
+                let waited = asked.elapsed();
+                self.hung_query = Some((asked, query));
+                if waited > WATERMARKS_HUNG_AFTER {
+                    return Err(LogError::Hung(format!(
+                        "a watermark query of topic {} has not returned for {waited:?}",
+                        self.topic
+                    )));
+                }
+                return Err(timed_out());
+            }
+        }
+        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+        let asked = Instant::now();
+        let mut query = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, p, WATERMARKS_TIMEOUT)
+        });
+        // librdkafka checks its request timeouts once a second.
+        match tokio::time::timeout(WATERMARKS_TIMEOUT + Duration::from_secs(1), &mut query).await {
+            Ok(Ok(answer)) => Ok(answer?),
+            Ok(Err(join)) => Err(LogError::Task(join.to_string())),
+            Err(_elapsed) => {
+                tracing::warn!(partition, "a watermark query did not return in time");
+                self.hung_query = Some((asked, query));
+                Err(timed_out())
+            }
+        }
     }
 
     fn apply_seeks(&mut self) {
@@ -731,19 +799,13 @@ impl LogConsumer for KafkaConsumer {
         Ok(())
     }
 
-    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
-        let p = i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?;
-        let (low, _high) =
-            self.consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
+    async fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let (low, _high) = self.watermarks(partition).await?;
         Ok(u64::try_from(low).unwrap_or(0))
     }
 
-    fn current_end(&mut self, partition: u32) -> Result<Option<u64>, LogError> {
-        let p = i32::try_from(partition).map_err(|_| LogError::NotAssigned(partition))?;
-        let (_low, high) =
-            self.consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(2))?;
+    async fn current_end(&mut self, partition: u32) -> Result<Option<u64>, LogError> {
+        let (_low, high) = self.watermarks(partition).await?;
         Ok(u64::try_from(high).ok())
     }
 

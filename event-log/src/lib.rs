@@ -27,6 +27,10 @@ pub enum LogError {
     NotAssigned(u32),
     #[error("event log task failed: {0}")]
     Task(String),
+    /// A call into the log's client that never returned: the client is
+    /// wedged, and only a new one (a restarted process) gets past it.
+    #[error("event log client hung: {0}")]
+    Hung(String),
 }
 
 /// One record read from the log.
@@ -81,9 +85,12 @@ pub trait LogConsumer: Send {
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError>;
 
     /// The oldest offset of `partition` the log still holds (records before
-    /// it were removed by retention). May block briefly: asked only when a
-    /// read skips ahead of the position sought.
-    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError>;
+    /// it were removed by retention). Asks the log: called only when a read
+    /// skips ahead of the position sought, or the log restarted.
+    fn first_offset(
+        &mut self,
+        partition: u32,
+    ) -> impl Future<Output = Result<u64, LogError>> + Send;
 
     /// The end of `partition` (the offset the next record appended will
     /// get) as this consumer last learnt it, without blocking; `None` before
@@ -91,11 +98,15 @@ pub trait LogConsumer: Send {
     fn end_offset(&self, partition: u32) -> Option<u64>;
 
     /// The end of `partition` asked of the log now (`None`: not known).
-    /// May block briefly: asked when the worker positions a partition, to
-    /// find a log that restarted below the watermark; an error makes the
-    /// worker position again later rather than guess.
-    fn current_end(&mut self, partition: u32) -> Result<Option<u64>, LogError> {
-        Ok(self.end_offset(partition))
+    /// Asked when the worker positions a partition, to find a log that
+    /// restarted below the watermark; an error makes the worker position
+    /// again later rather than guess.
+    fn current_end(
+        &mut self,
+        partition: u32,
+    ) -> impl Future<Output = Result<Option<u64>, LogError>> + Send {
+        let end = self.end_offset(partition);
+        async move { Ok(end) }
     }
 
     /// The log's kind, for the `messaging.system` of the worker's spans.

@@ -19,5 +19,13 @@ async fn main() -> anyhow::Result<()> {
     // The spans of the last requests, and of the shutdown, are exported
     // before the process exits.
     telemetry.shutdown().await;
-    result
+    if let Err(err) = result {
+        // Exit here rather than by returning: a worker stopped as stuck may
+        // leave a thread inside a client call that never returns, and the
+        // runtime's drop would wait for it forever, keeping the process up
+        // and its supervisor from restarting it.
+        eprintln!("Error: {err:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

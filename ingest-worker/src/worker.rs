@@ -66,6 +66,8 @@ pub enum WorkerError {
     Profiles(tonic::Status),
     #[error("the worker made no progress for {0:?}; stopped so that it is restarted")]
     Stuck(Duration),
+    #[error("the worker panicked: {0}")]
+    Panicked(String),
     #[error(
         "partition {partition} read nothing for {after:?} while the log holds records \
          {position}..{end}; stopped so that it is restarted"
@@ -85,7 +87,10 @@ impl WorkerError {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => {
                 allezon_core::Error::from_status(status).kind() == ErrorKind::Internal
             }
-            WorkerError::Log(_) | WorkerError::Stuck(_) | WorkerError::Stalled { .. } => false,
+            WorkerError::Log(_)
+            | WorkerError::Stuck(_)
+            | WorkerError::Panicked(_)
+            | WorkerError::Stalled { .. } => false,
         }
     }
 
@@ -95,7 +100,10 @@ impl WorkerError {
         match self {
             WorkerError::Aggregates(status) | WorkerError::Profiles(status) => transient(status),
             WorkerError::Log(LogError::Kafka(_)) => true,
-            WorkerError::Log(_) | WorkerError::Stuck(_) | WorkerError::Stalled { .. } => false,
+            WorkerError::Log(_)
+            | WorkerError::Stuck(_)
+            | WorkerError::Panicked(_)
+            | WorkerError::Stalled { .. } => false,
         }
     }
 }
@@ -162,7 +170,13 @@ impl Heartbeat {
 /// hangs without a deadline, an engine that blocks) would otherwise freeze
 /// the statistics silently while tags keep being accepted. The caller turns
 /// the error into unreadiness, the failures metric, and a restart.
-pub async fn run_watched<C: LogConsumer>(
+///
+/// The worker runs as a task of its own: a call that blocks its thread
+/// (a client library's synchronous call that never returns) must not block
+/// the watchdog too, as it would if both were one future. Such a task
+/// cannot be cancelled; the process must end (see the ingest-worker
+/// binary).
+pub async fn run_watched<C: LogConsumer + 'static>(
     worker: Worker<C>,
     shutdown: Shutdown,
 ) -> Result<(), WorkerError> {
@@ -177,9 +191,17 @@ pub async fn run_watched<C: LogConsumer>(
             }
         }
     };
+    // Aborted if this future is dropped, as the worker was when it ran
+    // inside it.
+    let mut task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(worker.run(shutdown)));
     tokio::select! {
-        result = worker.run(shutdown) => result,
+        joined = &mut task => joined.unwrap_or_else(|err| {
+            // A panic in the worker; the process ends on it like on any
+            // other failure.
+            Err(WorkerError::Panicked(err.to_string()))
+        }),
         () = watchdog => {
+            task.abort();
             metrics().stuck.inc();
             tracing::error!(?after, "the ingest worker is stuck");
             Err(WorkerError::Stuck(after))
@@ -332,7 +354,11 @@ impl<C: LogConsumer> Worker<C> {
                     continue;
                 }
                 if record.offset > *expect {
-                    let first = self.consumer.first_offset(record.partition).unwrap_or(0);
+                    let first = self
+                        .consumer
+                        .first_offset(record.partition)
+                        .await
+                        .unwrap_or(0);
                     if first <= *expect {
                         metrics().stale.inc();
                         suspect.push(record.partition);
@@ -359,7 +385,8 @@ impl<C: LogConsumer> Worker<C> {
             let position = self.expect.get(&partition).copied().unwrap_or(0);
             if self
                 .consumer
-                .current_end(partition)?
+                .current_end(partition)
+                .await?
                 .is_some_and(|end| end < position)
             {
                 // The log is now shorter than what this worker read of it:
@@ -475,7 +502,7 @@ impl<C: LogConsumer> Worker<C> {
             // applied yet) starts the partition from the beginning of what
             // the log retains. Records polled before this point were void.
             let end = if watermark > 0 {
-                self.consumer.current_end(partition)?
+                self.consumer.current_end(partition).await?
             } else {
                 None
             };
@@ -485,7 +512,7 @@ impl<C: LogConsumer> Worker<C> {
                 // are new ones, and would be skipped as applied: read it
                 // from its start, and have the first batch rebase the
                 // watermark. An unfinished batch belonged to the old log.
-                let first = self.consumer.first_offset(partition).unwrap_or(0);
+                let first = self.consumer.first_offset(partition).await.unwrap_or(0);
                 tracing::warn!(
                     partition,
                     watermark,
@@ -500,6 +527,13 @@ impl<C: LogConsumer> Worker<C> {
                 self.rebases.insert(partition, watermark);
                 continue;
             }
+            tracing::info!(
+                partition,
+                watermark,
+                ?end,
+                pending,
+                "reading the partition on from its watermark"
+            );
             self.consumer.seek(partition, watermark)?;
             self.expect.insert(partition, watermark);
             self.fresh.insert(partition);

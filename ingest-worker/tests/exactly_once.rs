@@ -116,8 +116,8 @@ impl<C: LogConsumer> LogConsumer for LateSeeks<C> {
         self.inner.end_offset(partition)
     }
 
-    fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
-        self.inner.first_offset(partition)
+    async fn first_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        self.inner.first_offset(partition).await
     }
 
     async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), LogError> {

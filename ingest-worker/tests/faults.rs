@@ -208,7 +208,7 @@ impl event_log::LogConsumer for Silent {
     fn seek(&mut self, _: u32, _: u64) -> Result<(), event_log::LogError> {
         Ok(())
     }
-    fn first_offset(&mut self, _: u32) -> Result<u64, event_log::LogError> {
+    async fn first_offset(&mut self, _: u32) -> Result<u64, event_log::LogError> {
         Ok(0)
     }
     fn end_offset(&self, _: u32) -> Option<u64> {

@@ -9,8 +9,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use crate::aggregates::{Query, query};
 use crate::multiprocess::{Proc, free_port, s, spawn};
-use crate::support::{Server, client, eventually, tag, tool};
+use crate::support::{
+    Server, client, eventually, eventually_equal, expected_profile, post_tag_until_accepted,
+    profile, tag, tool,
+};
 
 fn tansu(port: u16) -> Child {
     let url = format!("tcp://127.0.0.1:{port}");
@@ -227,4 +233,184 @@ async fn a_gateway_and_a_worker_started_before_the_broker_wait_for_it() {
     let t = tag("late-broker", "VIEW", 1_000, 1);
     assert_eq!(crate::support::post_tag(&client, &server, &t).await, 204);
     assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+}
+
+/// The harsh case end to end: the broker is killed under the five processes
+/// and comes back empty (tansu keeps nothing), so the topic is created
+/// again and its offsets start over below the watermarks the aggregate
+/// store holds. Tags accepted after that are new ones, and must be counted
+/// and shown in profiles like any other: the worker finds the log shorter
+/// than its watermark and counts it from its start (`rebase_from`).
+///
+/// librdkafka 2.12.1 (the vendored client) can crash the worker here with
+/// SIGSEGV in `rd_kafka_metadata_update_op`, on leader-discovery tags of a
+/// Fetch answer that carry no topic name; its supervisor restarts it. The
+/// test restarts it the same way, and says when it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_sent_to_a_broker_that_restarted_empty_are_counted() {
+    let kafka = free_port();
+    let mut broker = Proc(tansu(kafka));
+    eventually(Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", kafka))
+            .await
+            .is_ok()
+    })
+    .await;
+    let brokers = format!("127.0.0.1:{kafka}");
+    let dir = tempfile::tempdir().unwrap();
+    let (profile_port, aggregate_port, id_port) = (free_port(), free_port(), free_port());
+    let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
+    let mut services = Vec::new();
+    for (bin, port, data) in [
+        ("profile-svc", profile_port, "profiles"),
+        ("aggregate-svc", aggregate_port, "aggregates"),
+        ("id-svc", id_port, "ids"),
+    ] {
+        services.push(Proc(spawn(
+            bin,
+            &[
+                s("--grpc-addr"),
+                format!("127.0.0.1:{port}"),
+                s("--data-dir"),
+                s(dir.path().join(data).display()),
+                s("--admin-addr"),
+                s("127.0.0.1:0"),
+            ],
+        )));
+    }
+    let kafka_args = vec![
+        s("--kafka-brokers"),
+        brokers.clone(),
+        s("--kafka-topic"),
+        s("forgotten"),
+        s("--kafka-create-partitions"),
+        s(2),
+        s("--profile-svc"),
+        endpoint(profile_port),
+        s("--aggregate-svc"),
+        endpoint(aggregate_port),
+        s("--id-svc"),
+        endpoint(id_port),
+    ];
+    let worker_args = || {
+        let mut args = kafka_args.clone();
+        args.extend([
+            s("--kafka-instance-id"),
+            s("only"),
+            s("--admin-addr"),
+            s("127.0.0.1:0"),
+        ]);
+        args
+    };
+    let mut worker = Proc(spawn("ingest-worker", &worker_args()));
+    let (http, admin) = (free_port(), free_port());
+    let mut gateway_args = kafka_args.clone();
+    gateway_args.extend([
+        s("--http-addr"),
+        format!("127.0.0.1:{http}"),
+        s("--admin-addr"),
+        format!("127.0.0.1:{admin}"),
+        s("--kafka-linger-ms"),
+        s(1),
+    ]);
+    let server = Server::attach(
+        spawn("gateway", &gateway_args),
+        format!("http://127.0.0.1:{http}"),
+    );
+    let client = client();
+    eventually(Duration::from_secs(60), || {
+        let client = client.clone();
+        async move {
+            let url = format!("http://127.0.0.1:{admin}/readyz");
+            matches!(client.get(url).send().await, Ok(r) if r.status() == 200)
+        }
+    })
+    .await;
+
+    let before: Vec<(i64, Value)> = (0..40i64)
+        .map(|n| {
+            let ms = n * 3_001;
+            (ms, tag(&format!("cookie{}", n % 4), "VIEW", ms, n))
+        })
+        .collect();
+    for (_, t) in &before {
+        post_tag_until_accepted(&client, &server, t).await;
+    }
+    let all = Query {
+        action: "VIEW",
+        from: 0,
+        to: 4,
+        aggregates: &["COUNT", "SUM_PRICE"],
+        origin: None,
+        brand: None,
+        category: None,
+    };
+    // Counted before the broker goes: an in-memory broker loses what no
+    // worker has read yet, which no client of it could prevent.
+    eventually_equal(Duration::from_secs(60), &all.expected(&before), || {
+        query(&client, &server, &all)
+    })
+    .await;
+
+    broker.kill9();
+    let _broker = Proc(tansu(kafka));
+    // A client that gives up after 2 s and sends again, as the clients of
+    // the systems we replace do.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let after: Vec<(i64, Value)> = (0..20i64)
+        .map(|n| {
+            let ms = 120_000 + n * 3_001;
+            (ms, tag(&format!("cookie{}", n % 4), "VIEW", ms, 100 + n))
+        })
+        .collect();
+    let restarted = Instant::now();
+    for (_, t) in &after {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match impatient
+                .post(server.url("/user_tags"))
+                .json(t)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 204 => break,
+                Ok(r) => assert_eq!(r.status(), 503, "{t}"),
+                Err(err) => assert!(err.is_timeout(), "{err}"),
+            }
+            assert!(Instant::now() < deadline, "refused for 120 s: {t}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    eprintln!(
+        "20 tags accepted in {:?} after the broker restarted",
+        restarted.elapsed()
+    );
+
+    let tags: Vec<(i64, Value)> = before.into_iter().chain(after).collect();
+    eventually_equal(Duration::from_secs(120), &all.expected(&tags), || {
+        if let Ok(Some(status)) = worker.0.try_wait() {
+            eprintln!("the worker ended ({status}); restarting it, as its supervisor would");
+            worker = Proc(spawn("ingest-worker", &worker_args()));
+        }
+        query(&client, &server, &all)
+    })
+    .await;
+    eprintln!(
+        "every tag counted {:?} after the broker restarted",
+        restarted.elapsed()
+    );
+    for c in 0..4 {
+        let cookie = format!("cookie{c}");
+        let of_cookie: Vec<(i64, Value)> = tags
+            .iter()
+            .filter(|(_, t)| t["cookie"] == cookie.as_str())
+            .cloned()
+            .collect();
+        let got = profile(&client, &server, &cookie, 0, 240_000, None).await;
+        assert_eq!(got, expected_profile(&cookie, &of_cookie, 0, 240_000, 200));
+    }
+    drop(services);
 }
