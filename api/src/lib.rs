@@ -267,8 +267,11 @@ impl Services {
     /// As [`Services::connect_lazy`], with each service's health watched
     /// until `shutdown`: calls to a service that is down fail at once (see
     /// [`Watched`]). For the gateway, whose clients wait 200 ms at most.
+    /// Each service's state is also a readiness condition of its own
+    /// (`profile-svc`, `aggregate-svc`, `id-svc`).
     pub fn connect_watched(
         endpoints: &ServiceEndpointArgs,
+        readiness: &allezon_core::admin::Readiness,
         shutdown: &allezon_core::shutdown::Shutdown,
     ) -> anyhow::Result<Self> {
         let plain = Self::connect_lazy(endpoints)?;
@@ -280,6 +283,7 @@ impl Services {
                 &endpoints.profile_svc,
                 tls,
                 pb::profile_service_server::SERVICE_NAME,
+                (readiness, "profile-svc"),
                 shutdown.clone(),
             )?),
             aggregates: Arc::new(Watched::new(
@@ -287,6 +291,7 @@ impl Services {
                 &endpoints.aggregate_svc,
                 tls,
                 pb::aggregate_service_server::SERVICE_NAME,
+                (readiness, "aggregate-svc"),
                 shutdown.clone(),
             )?),
             ids: Arc::new(Watched::new(
@@ -294,6 +299,7 @@ impl Services {
                 &endpoints.id_svc,
                 tls,
                 pb::id_service_server::SERVICE_NAME,
+                (readiness, "id-svc"),
                 shutdown.clone(),
             )?),
         })

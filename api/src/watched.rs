@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use allezon_core::admin::Readiness;
 use allezon_core::client::{ChannelError, channel};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1 as pb;
@@ -38,14 +39,17 @@ pub struct Watched<T: ?Sized> {
 }
 
 impl<T: ?Sized> Watched<T> {
-    /// Watches `service` (its gRPC name) at `uri` until `shutdown`.
+    /// Watches `service` (its gRPC name) at `uri` until `shutdown`, and
+    /// keeps the readiness condition `condition` to whether it is up.
     pub fn new(
         inner: Arc<T>,
         uri: &str,
         tls: Option<&ClientTlsConfig>,
         service: &'static str,
+        (readiness, condition): (&Readiness, &'static str),
         shutdown: Shutdown,
     ) -> std::result::Result<Self, ChannelError> {
+        let readiness = readiness.clone();
         let up = Arc::new(AtomicBool::new(true));
         let mut health = HealthClient::new(channel(uri, tls)?);
         let flag = Arc::clone(&up);
@@ -65,6 +69,7 @@ impl<T: ?Sized> Watched<T> {
                 );
                 misses = if serving { 0 } else { misses + 1 };
                 let now_up = misses < MISSES;
+                readiness.set_condition(condition, now_up);
                 if flag.swap(now_up, Ordering::AcqRel) != now_up {
                     if now_up {
                         tracing::info!(service, "service answers again");

@@ -45,11 +45,14 @@ async fn calls_to_a_service_that_is_down_fail_at_once() {
     let shutdown = Shutdown::new();
     let inner = Arc::new(Counting(AtomicU32::new(0)));
     let service = pb::profile_service_server::SERVICE_NAME;
+    // The caller's readiness, which follows the service's state.
+    let caller = Readiness::started();
     let watched = Watched::new(
         Arc::clone(&inner) as Arc<dyn Profiles>,
         &format!("http://{addr}"),
         None,
         service,
+        (&caller, "profile-svc"),
         shutdown.clone(),
     )
     .unwrap();
@@ -60,6 +63,7 @@ async fn calls_to_a_service_that_is_down_fail_at_once() {
     let err = call().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains(service), "{err}");
+    assert_eq!(caller.failing(), ["profile-svc"]);
     let through = inner.0.load(Ordering::SeqCst);
 
     // The service comes up, but not ready: still down.
@@ -85,5 +89,6 @@ async fn calls_to_a_service_that_is_down_fail_at_once() {
     // Ready: calls go through again.
     readiness.set(true);
     eventually("up again", async || call().await.is_ok()).await;
+    assert!(caller.is_ready());
     shutdown.cancel();
 }

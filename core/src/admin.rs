@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use http::{StatusCode, header};
 use tokio::net::TcpListener;
@@ -118,6 +118,11 @@ impl Readiness {
         self.0.ready.subscribe()
     }
 
+    /// Whether every condition but the ones named in `excluded` holds.
+    pub fn is_ready_without(&self, excluded: &[&str]) -> bool {
+        self.failing().iter().all(|name| excluded.contains(name))
+    }
+
     /// The conditions that do not hold now.
     pub fn failing(&self) -> Vec<&'static str> {
         self.0
@@ -171,14 +176,33 @@ pub fn router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
-    if readiness.is_ready() {
+/// `/readyz`: every condition, or every one but those named by `exclude`
+/// (repeated, or comma-separated), as Kubernetes' own API server does: a
+/// probe may leave out a dependency whose loss the process answers for
+/// itself (the gateway's, while a service behind it is down), while a
+/// plain `/readyz` still says it is missing.
+async fn readyz(
+    State(readiness): State<Readiness>,
+    RawQuery(query): RawQuery,
+) -> (StatusCode, String) {
+    let excluded: Vec<&str> = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("exclude="))
+        .flat_map(|names| names.split(','))
+        .collect();
+    if readiness.is_ready_without(&excluded) {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        let failing = readiness.failing().join(", ");
+        let failing: Vec<&str> = readiness
+            .failing()
+            .into_iter()
+            .filter(|name| !excluded.contains(name))
+            .collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {failing}\n"),
+            format!("not ready: {}\n", failing.join(", ")),
         )
     }
 }
@@ -220,6 +244,18 @@ mod tests {
         assert_eq!(readiness.failing(), ["kafka"]);
         readiness.set_condition("kafka", true);
         assert!(readiness.is_ready());
+    }
+
+    #[test]
+    fn readiness_can_leave_conditions_out() {
+        let readiness = Readiness::started();
+        readiness.set_condition("profile-svc", false);
+        assert!(!readiness.is_ready());
+        assert!(readiness.is_ready_without(&["profile-svc"]));
+        assert!(!readiness.is_ready_without(&["aggregate-svc"]));
+        readiness.set(false);
+        // Leaving a dependency out never hides that the process is stopping.
+        assert!(!readiness.is_ready_without(&["profile-svc"]));
     }
 
     #[test]

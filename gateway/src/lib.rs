@@ -132,7 +132,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    let services = Services::connect_watched(&config.services, &shutdown)?;
+    let services = Services::connect_watched(&config.services, &readiness, &shutdown)?;
     let reachable = watch_kafka(&readiness, &log, &shutdown);
     let tags = Arc::new(LogWrites {
         log,

@@ -273,6 +273,27 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
             status => panic!("{status} for {t}"),
         }
     }
+    // The gateway says what it misses: unready, naming profile-svc, but
+    // ready for a probe that leaves profile-svc out (the chart's, so that
+    // it keeps answering tags and 503s instead of leaving the Service).
+    let readyz = |query: &'static str| {
+        let client = client.clone();
+        async move {
+            let url = format!("http://127.0.0.1:{gateway_admin}/readyz{query}");
+            match client.get(url).send().await {
+                Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+                Err(_) => None,
+            }
+        }
+    };
+    eventually(Duration::from_secs(30), || async {
+        matches!(readyz("").await, Some((503, body)) if body.contains("profile-svc"))
+    })
+    .await;
+    assert_eq!(
+        readyz("?exclude=profile-svc,aggregate-svc,id-svc").await,
+        Some((200, "ready\n".to_owned()))
+    );
     let status = client
         .post(
             server.url("/user_profiles/outage0?time_range=2022-03-01T00:00:00_2022-03-01T00:10:00"),
@@ -292,6 +313,10 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     for t in &refused {
         post_tag_until_accepted(&client, &server, t).await;
     }
+    eventually(Duration::from_secs(60), || async {
+        matches!(readyz("").await, Some((200, _)))
+    })
+    .await;
     let tags: Vec<(i64, Value)> = tags.into_iter().chain(outage).collect();
 
     // Aggregates: once every tag is folded, exact for several filters.

@@ -148,7 +148,7 @@ spec:
             failureThreshold: 3
           readinessProbe:
             httpGet:
-              path: /readyz
+              path: {{ $component.readyz | default "/readyz" }}
               port: admin
             periodSeconds: 5
             failureThreshold: 2
