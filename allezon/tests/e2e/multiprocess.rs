@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::aggregates::{Query, query};
 use crate::support::{
-    Server, client, eventually, eventually_equal, expected_profile, post_tag,
-    post_tag_until_accepted, profile, tag,
+    Server, assert_profiles_exact, client, eventually, eventually_equal, post_tag,
+    post_tag_until_accepted, tag,
 };
 
 const BINARIES: [&str; 5] = [
@@ -380,15 +380,7 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     let cookies = (0..12)
         .map(|c| format!("cookie{c}"))
         .chain((0..3).map(|c| format!("outage{c}")));
-    for cookie in cookies {
-        let of_cookie: Vec<(i64, Value)> = tags
-            .iter()
-            .filter(|(_, t)| t["cookie"] == cookie.as_str())
-            .cloned()
-            .collect();
-        let got = profile(&client, &server, &cookie, 0, 360_000, None).await;
-        assert_eq!(got, expected_profile(&cookie, &of_cookie, 0, 360_000, 200));
-    }
+    assert_profiles_exact(&client, &server, cookies, &tags, (0, 360_000)).await;
 
     // The admin port exports what the gateway and the workers did.
     let metrics = client

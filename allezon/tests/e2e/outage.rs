@@ -14,8 +14,8 @@ use serde_json::Value;
 use crate::aggregates::{Query, query};
 use crate::multiprocess::{Proc, free_port, s, spawn};
 use crate::support::{
-    Server, client, eventually, eventually_equal, expected_profile, post_tag_until_accepted,
-    profile, tag, tool,
+    Server, assert_profiles_exact, client, eventually, eventually_equal, post_tag_until_accepted,
+    tag, tool,
 };
 
 /// The readiness the chart probes: the gateway's own, leaving out the
@@ -34,16 +34,22 @@ fn tansu(port: u16) -> Child {
         .expect("start tansu")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_outage_gets_fast_503s_and_an_empty_restarted_broker_is_used_again() {
-    let kafka = free_port();
-    let mut broker = Proc(tansu(kafka));
+/// A broker of the test's own on `port`, once it accepts connections.
+async fn listening_broker(port: u16) -> Proc {
+    let broker = Proc(tansu(port));
     eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", kafka))
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
     })
     .await;
+    broker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_gets_fast_503s_and_an_empty_restarted_broker_is_used_again() {
+    let kafka = free_port();
+    let mut broker = listening_broker(kafka).await;
     let (http, admin) = (free_port(), free_port());
     // The services are not needed for tags (the log is the only write);
     // nothing listens on their ports.
@@ -254,13 +260,7 @@ async fn a_gateway_and_a_worker_started_before_the_broker_wait_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_sent_to_a_broker_that_restarted_empty_are_counted() {
     let kafka = free_port();
-    let mut broker = Proc(tansu(kafka));
-    eventually(Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", kafka))
-            .await
-            .is_ok()
-    })
-    .await;
+    let mut broker = listening_broker(kafka).await;
     let brokers = format!("127.0.0.1:{kafka}");
     let dir = tempfile::tempdir().unwrap();
     let (profile_port, aggregate_port, id_port) = (free_port(), free_port(), free_port());
@@ -407,15 +407,7 @@ async fn tags_sent_to_a_broker_that_restarted_empty_are_counted() {
         "every tag counted {:?} after the broker restarted",
         restarted.elapsed()
     );
-    for c in 0..4 {
-        let cookie = format!("cookie{c}");
-        let of_cookie: Vec<(i64, Value)> = tags
-            .iter()
-            .filter(|(_, t)| t["cookie"] == cookie.as_str())
-            .cloned()
-            .collect();
-        let got = profile(&client, &server, &cookie, 0, 240_000, None).await;
-        assert_eq!(got, expected_profile(&cookie, &of_cookie, 0, 240_000, 200));
-    }
+    let cookies = (0..4).map(|c| format!("cookie{c}"));
+    assert_profiles_exact(&client, &server, cookies, &tags, (0, 240_000)).await;
     drop(services);
 }

@@ -249,6 +249,26 @@ pub async fn post_tag_until_accepted(client: &reqwest::Client, server: &Server, 
     }
 }
 
+/// Asserts that each cookie's profile over `[from, to)` is exactly what
+/// `tags` (with their event times in ms) make it.
+pub async fn assert_profiles_exact(
+    client: &reqwest::Client,
+    server: &Server,
+    cookies: impl IntoIterator<Item = String>,
+    tags: &[(i64, Value)],
+    (from, to): (i64, i64),
+) {
+    for cookie in cookies {
+        let of_cookie: Vec<(i64, Value)> = tags
+            .iter()
+            .filter(|(_, t)| t["cookie"] == cookie.as_str())
+            .cloned()
+            .collect();
+        let got = profile(client, server, &cookie, from, to, None).await;
+        assert_eq!(got, expected_profile(&cookie, &of_cookie, from, to, 200));
+    }
+}
+
 pub async fn profile(
     client: &reqwest::Client,
     server: &Server,
