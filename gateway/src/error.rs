@@ -42,7 +42,14 @@ impl IntoResponse for ApiError {
                 "internal error".to_owned()
             }
             ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => {
-                tracing::warn!(error = %self.0, "backend unavailable");
+                // Debug, not warn: refusals come by the thousand a second
+                // exactly when the process is short of CPU (overload, an
+                // outage, shedding on lag), and writing a line each made it
+                // shorter. The cause is logged once where it is noticed
+                // (the readiness conditions, the service and broker
+                // watches), and every refusal is counted in
+                // allezon_http_requests_total and allezon_tags_total.
+                tracing::debug!(error = %self.0, "backend unavailable");
                 "temporarily unavailable, retry later".to_owned()
             }
             _ => self.0.message().to_owned(),
