@@ -31,10 +31,29 @@ mkdir -p "$RUN/logs"
 common=(--aerospike-namespace "${AEROSPIKE_NAMESPACE:-test}")
 [ -n "${AEROSPIKE_HOSTS:-}" ] && common+=(--aerospike-hosts "$AEROSPIKE_HOSTS")
 
+# Each process runs under a small supervisor, as Kubernetes would run it: a
+# process that crashed (SIGSEGV, SIGABRT: librdkafka 2.12.1 can crash a worker
+# whose broker restarted empty; see the README) or stopped itself with an
+# error (a stuck worker, a client call that hung) is started again a second
+# later. One killed with SIGKILL (`kill`, `kill-worker`: the crash tests do
+# that and restart it themselves) or stopped by `stop` stays down. The pid
+# file always holds the running process's pid.
 launch() { # name, binary, args…
   local name=$1 bin=$2; shift 2
-  RUST_LOG="${RUST_LOG:-info}" $NICE "$BIN/$bin" "$@" >>"$RUN/logs/$name.log" 2>&1 &
-  echo $! >"$RUN/$name.pid"
+  rm -f "$RUN/$name.stopping"
+  (
+    while :; do
+      RUST_LOG="${RUST_LOG:-info}" $NICE "$BIN/$bin" "$@" &
+      echo $! >"$RUN/$name.pid"
+      rc=0; wait $! || rc=$?
+      [ -e "$RUN/$name.stopping" ] && break
+      case $rc in
+        1 | 101 | 134 | 139) echo "== cluster.sh: $name ended with status $rc; starting it again" ;;
+        *) break ;;
+      esac
+      sleep 1
+    done
+  ) >>"$RUN/logs/$name.log" 2>&1 &
 }
 NICE=""
 
@@ -104,7 +123,10 @@ case "${1:-}" in
     esac
     ;;
   stop)
-    for pid in "$RUN"/*.pid; do kill "$(cat "$pid")" 2>/dev/null || true; rm -f "$pid"; done
+    for pid in "$RUN"/*.pid; do
+      touch "${pid%.pid}.stopping"
+      kill "$(cat "$pid")" 2>/dev/null || true; rm -f "$pid"
+    done
     ;;
   *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac
