@@ -69,8 +69,8 @@ impl<T: ?Sized> Watched<T> {
                 );
                 misses = if serving { 0 } else { misses + 1 };
                 let now_up = misses < MISSES;
-                readiness.set_condition(condition, now_up);
                 if flag.swap(now_up, Ordering::AcqRel) != now_up {
+                    readiness.set_condition(condition, now_up);
                     if now_up {
                         tracing::info!(service, "service answers again");
                     } else {

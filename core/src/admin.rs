@@ -120,7 +120,16 @@ impl Readiness {
 
     /// Whether every condition but the ones named in `excluded` holds.
     pub fn is_ready_without(&self, excluded: &[&str]) -> bool {
-        self.failing().iter().all(|name| excluded.contains(name))
+        self.failing_without(excluded).is_empty()
+    }
+
+    /// The conditions that do not hold now, but the ones named in
+    /// `excluded`; `started` is never left out (a process stopping is
+    /// never ready).
+    pub fn failing_without(&self, excluded: &[&str]) -> Vec<&'static str> {
+        let mut failing = self.failing();
+        failing.retain(|name| *name == STARTED || !excluded.contains(name));
+        failing
     }
 
     /// The conditions that do not hold now.
@@ -192,14 +201,10 @@ async fn readyz(
         .filter_map(|pair| pair.strip_prefix("exclude="))
         .flat_map(|names| names.split(','))
         .collect();
-    if readiness.is_ready_without(&excluded) {
+    let failing = readiness.failing_without(&excluded);
+    if failing.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
-        let failing: Vec<&str> = readiness
-            .failing()
-            .into_iter()
-            .filter(|name| !excluded.contains(name))
-            .collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", failing.join(", ")),
@@ -256,6 +261,7 @@ mod tests {
         readiness.set(false);
         // Leaving a dependency out never hides that the process is stopping.
         assert!(!readiness.is_ready_without(&["profile-svc"]));
+        assert!(!readiness.is_ready_without(&["profile-svc", "started"]));
     }
 
     #[test]

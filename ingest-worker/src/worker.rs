@@ -200,8 +200,8 @@ pub async fn run_watched<C: LogConsumer + 'static>(
             // other failure.
             Err(WorkerError::Panicked(err.to_string()))
         }),
+        // Returning drops `task`, which aborts it (if it can be reached).
         () = watchdog => {
-            task.abort();
             metrics().stuck.inc();
             tracing::error!(?after, "the ingest worker is stuck");
             Err(WorkerError::Stuck(after))

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::aggregates::{Query, query};
 use crate::support::{
     Server, assert_profiles_exact, client, eventually, eventually_equal, post_tag,
-    post_tag_until_accepted, tag,
+    post_tag_until_accepted, tag, wait_ready,
 };
 
 const BINARIES: [&str; 5] = [
@@ -217,15 +217,8 @@ async fn five_processes_over_kafka_answer_exactly_through_a_worker_kill() {
     );
     let server = Server::attach(gateway, format!("http://127.0.0.1:{http_port}"));
     let client = client();
-    let ready = |port: u16| {
-        let client = client.clone();
-        async move {
-            let url = format!("http://127.0.0.1:{port}/readyz");
-            matches!(client.get(url).send().await, Ok(r) if r.status() == 200)
-        }
-    };
-    eventually(Duration::from_secs(60), || ready(gateway_admin)).await;
-    eventually(Duration::from_secs(60), || ready(worker_b_admin)).await;
+    wait_ready(&client, gateway_admin).await;
+    wait_ready(&client, worker_b_admin).await;
 
     // 240 tags over 6 minutes and 12 cookies; half before the kill.
     let tags: Vec<(i64, Value)> = (0..240i64)

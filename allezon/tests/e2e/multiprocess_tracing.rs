@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use crate::collector::{Collector, Received, find};
 use crate::multiprocess::{Proc, free_port, s, spawn_with_env};
 use crate::observability::{promtool_check, sample, scrape};
-use crate::support::{Server, client, eventually};
+use crate::support::{Server, client, wait_ready};
 use crate::tracing::{CALLER_SPAN, TRACE_ID, batch_linked_to, http_span, send_traced};
 
 /// The server span, in `service`, that answers the client span `call`.
@@ -106,14 +106,7 @@ async fn five_processes_export_one_connected_trace_per_tag() {
     );
     let client = client();
     for admin in [gateway_admin, worker_admin] {
-        eventually(Duration::from_secs(60), || {
-            let client = client.clone();
-            async move {
-                let url = format!("http://127.0.0.1:{admin}/readyz");
-                matches!(client.get(url).send().await, Ok(r) if r.status() == 200)
-            }
-        })
-        .await;
+        wait_ready(&client, admin).await;
     }
 
     send_traced(&client, &server.base, "traced5").await;

@@ -15,7 +15,7 @@ use crate::aggregates::{Query, query};
 use crate::multiprocess::{Proc, free_port, s, spawn};
 use crate::support::{
     Server, assert_profiles_exact, client, eventually, eventually_equal, post_tag_until_accepted,
-    tag, tool,
+    tag, tool, wait_ready,
 };
 
 /// The readiness the chart probes: the gateway's own, leaving out the
@@ -323,14 +323,7 @@ async fn tags_sent_to_a_broker_that_restarted_empty_are_counted() {
         format!("http://127.0.0.1:{http}"),
     );
     let client = client();
-    eventually(Duration::from_secs(60), || {
-        let client = client.clone();
-        async move {
-            let url = format!("http://127.0.0.1:{admin}/readyz");
-            matches!(client.get(url).send().await, Ok(r) if r.status() == 200)
-        }
-    })
-    .await;
+    wait_ready(&client, admin).await;
 
     let before: Vec<(i64, Value)> = (0..40i64)
         .map(|n| {

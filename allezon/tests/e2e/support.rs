@@ -311,6 +311,15 @@ where
     }
 }
 
+/// Waits (60 s at most) until the admin port `admin` answers `/readyz` 200.
+pub async fn wait_ready(client: &reqwest::Client, admin: u16) {
+    eventually(Duration::from_secs(60), || async move {
+        let url = format!("http://127.0.0.1:{admin}/readyz");
+        matches!(client.get(url).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+}
+
 /// Retries `check` until it passes or `within` runs out; never a bare sleep.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F)
 where
