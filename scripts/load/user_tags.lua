@@ -14,22 +14,22 @@ end
 function init(args)
   -- Ids are unique per thread, and per run when the script is given a run
   -- number (`wrk ... -s user_tags.lua URL -- RUN`): identical tags would be
-  -- stored and counted once. Event time advances 1 ms per request in every
-  -- thread, so all threads write the same recent minutes, as live traffic does.
+  -- stored and counted once.
   local run = tonumber(args[1]) or 0
   n = run * 100000000000 + thread_id * 1000000000
-  t = 0
 end
 
 request = function()
   n = n + 1
-  t = t + 1
-  local ms = t % 1000
-  local s = math.floor(t / 1000) % 60
-  local m = math.floor(t / 60000) % 60
-  -- Hours too, so event time runs on (for 24 hours of it) instead of
-  -- jumping back an hour, which would make every tag a late one.
-  local h = math.floor(t / 3600000) % 24
+  -- Event time follows the wall clock, as a live shop's tags do: the time
+  -- of day now (UTC), on 2022-03-01 (the day scripts/lib.sh's count_all
+  -- counts), so successive runs go on forward in event time. Only a run
+  -- across midnight UTC jumps back a day.
+  local now = os.time() % 86400
+  local h = math.floor(now / 3600)
+  local m = math.floor(now / 60) % 60
+  local s = now % 60
+  local ms = n % 1000
   local action = (n % 10 == 0) and "BUY" or "VIEW"
   local body = string.format(
     '{"time":"2022-03-01T%02d:%02d:%02d.%03dZ","cookie":"cookie%015d","country":"PL","device":"PC",' ..

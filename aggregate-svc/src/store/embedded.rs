@@ -11,6 +11,12 @@
 //! atomic engine batch per flush ([`FlushPolicy`]). After a crash the
 //! engine holds the cells and the watermarks of the last flush, consistent
 //! with each other, and the worker replays the log from those watermarks.
+//!
+//! A flush takes the changes out of memory under the lock and writes them
+//! after releasing it: a commit of a hundred thousand cells takes long
+//! enough (tens to hundreds of milliseconds) that holding the lock through
+//! it stalled every query and every batch behind it. Until the commit lands,
+//! readers find the changes in flight in [`Changes`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -68,6 +74,8 @@ struct Inner {
     watermarks: Keyspace,
     /// Everything applied and not flushed yet, and the hot minutes.
     hot: Mutex<Hot>,
+    /// Held by the one flush writing at a time, so flushes land in order.
+    flushing: Mutex<()>,
     policy: FlushPolicy,
     /// The store's event clock (the highest partition clock), i64::MIN
     /// while there is none; retention counts back from it.
@@ -100,6 +108,7 @@ struct Cell {
 ///   start before the clock is known) changed since the last flush; their
 ///   old values come from the engine.
 /// - The partitions' watermarks and clocks as applied.
+/// - The changes of the flush being written, if one is.
 struct Hot {
     minutes: BTreeMap<i64, FxHashMap<CellBytes, Cell>>,
     /// Hot cells changed since the last flush, each listed once.
@@ -112,6 +121,32 @@ struct Hot {
     /// When the oldest unflushed change was made, and records since.
     unflushed_since: Option<Instant>,
     unflushed_records: u64,
+    in_flight: Option<Arc<Changes>>,
+}
+
+/// What one flush writes: every changed cell, sorted by key (the engine's
+/// order, which keeps its memtable inserts cache-friendly), and the changed
+/// watermarks.
+struct Changes {
+    cells: Vec<(CellBytes, Totals)>,
+    marks: Vec<(u32, Vec<u8>)>,
+}
+
+impl Changes {
+    fn get(&self, key: &CellBytes) -> Option<Totals> {
+        self.cells
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| self.cells[i].1)
+    }
+
+    /// The cells of `minute` (one contiguous run: keys start with it).
+    fn minute(&self, minute: i64) -> &[(CellBytes, Totals)] {
+        let prefix = minute_bytes(minute);
+        let start = self.cells.partition_point(|(k, _)| k[..8] < prefix[..]);
+        let len = self.cells[start..].partition_point(|(k, _)| k[..8] == prefix[..]);
+        &self.cells[start..start + len]
+    }
 }
 
 impl Hot {
@@ -125,6 +160,7 @@ impl Hot {
             anchor,
             unflushed_since: None,
             unflushed_records: 0,
+            in_flight: None,
         }
     }
 
@@ -140,7 +176,74 @@ impl Hot {
         if let Some(cells) = self.minutes.get(&minute) {
             return Some(cells.get(key).map(|c| c.totals).unwrap_or_default());
         }
-        self.loose.get(&minute)?.get(key).copied()
+        if let Some(totals) = self.loose.get(&minute).and_then(|cells| cells.get(key)) {
+            return Some(*totals);
+        }
+        self.in_flight.as_ref()?.get(key)
+    }
+
+    /// Takes every change out, for a flush; `None` when there is none.
+    fn take_changes(&mut self, cutoff: i64) -> Option<Changes> {
+        if self.is_clean() {
+            return None;
+        }
+        let mut cells = Vec::with_capacity(self.dirty.len());
+        for (minute, key) in std::mem::take(&mut self.dirty) {
+            if let Some(cell) = self
+                .minutes
+                .get_mut(&minute)
+                .and_then(|cells| cells.get_mut(&key))
+            {
+                cell.dirty = false;
+                cells.push((key, cell.totals));
+            }
+        }
+        // Loose cells the clock left behind since are not written back: the
+        // sweep may have deleted their minute already.
+        for (_, loose) in std::mem::take(&mut self.loose).range(cutoff..) {
+            cells.extend(loose.iter().map(|(key, totals)| (*key, *totals)));
+        }
+        cells.sort_unstable_by_key(|(key, _)| *key);
+        let marks = std::mem::take(&mut self.marks_dirty)
+            .into_iter()
+            .filter_map(|partition| {
+                let (next, clock) = self.marks.get(&partition)?;
+                Some((partition, encode_watermark(*next, clock)))
+            })
+            .collect();
+        self.unflushed_since = None;
+        self.unflushed_records = 0;
+        Some(Changes { cells, marks })
+    }
+
+    /// Puts back the changes of a flush that failed, under any made since.
+    fn restore(&mut self, changes: &Changes) {
+        for (key, totals) in &changes.cells {
+            let minute = minute_of(key);
+            match self.minutes.get_mut(&minute) {
+                Some(cells) => {
+                    let cell = cells.entry(*key).or_insert(Cell {
+                        totals: *totals,
+                        dirty: false,
+                    });
+                    if !cell.dirty {
+                        cell.dirty = true;
+                        self.dirty.push((minute, *key));
+                    }
+                }
+                None => {
+                    self.loose
+                        .entry(minute)
+                        .or_default()
+                        .entry(*key)
+                        .or_insert(*totals);
+                }
+            }
+        }
+        for (partition, _) in &changes.marks {
+            self.marks_dirty.insert(*partition);
+        }
+        self.unflushed_since.get_or_insert_with(Instant::now);
     }
 
     fn is_clean(&self) -> bool {
@@ -150,6 +253,12 @@ impl Hot {
 
 fn minute_bytes(minute: i64) -> [u8; 8] {
     ((minute as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn minute_of(key: &CellBytes) -> i64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&key[..8]);
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 fn cell_key(key: &CellKey) -> [u8; KEY_LEN] {
@@ -213,6 +322,7 @@ impl EmbeddedAggregateStore {
                 cells,
                 watermarks,
                 hot: Mutex::new(Hot::new(clock)),
+                flushing: Mutex::new(()),
                 policy,
                 clock_minute: AtomicI64::new(clock.unwrap_or(i64::MIN)),
                 dropped_before: AtomicI64::new(i64::MIN),
@@ -281,86 +391,96 @@ impl EmbeddedAggregateStore {
     /// store does not keep changes in memory for long.
     pub async fn flush(&self) -> Result<()> {
         let store = self.clone();
-        let wrote = tokio::task::spawn_blocking(move || {
-            let mut hot = store.hot();
-            store.flush_locked(&mut hot)
-        })
-        .await
-        .map_err(|err| Error::internal(format!("flush task failed: {err}")))??;
-        if wrote {
-            self.inner.store.sync().await.map_err(storage_error)?;
-        }
+        tokio::task::spawn_blocking(move || store.flush_blocking())
+            .await
+            .map_err(|err| Error::internal(format!("flush task failed: {err}")))??;
+        // Even with nothing left to write: a flush that was in flight when
+        // this one began may not be synced yet.
+        self.inner.store.sync().await.map_err(storage_error)?;
         Ok(())
     }
 
     /// One engine batch with every changed cell and watermark; `false` when
     /// there was nothing to write. Not synced here: callers wait for it.
-    fn flush_locked(&self, hot: &mut Hot) -> Result<bool> {
-        if hot.is_clean() {
-            return Ok(false);
-        }
-        let cutoff = self.cutoff();
+    /// Only the taking out holds the lock; the commit runs without it.
+    fn flush_blocking(&self) -> Result<bool> {
+        let _one = self
+            .inner
+            .flushing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        let changes = {
+            let mut hot = self.hot();
+            let Some(changes) = hot.take_changes(self.cutoff()) else {
+                return Ok(false);
+            };
+            let changes = Arc::new(changes);
+            hot.in_flight = Some(Arc::clone(&changes));
+            changes
+        };
         let mut write = self.inner.store.database().batch();
-        for (minute, key) in &hot.dirty {
-            if let Some(cell) = hot.minutes.get(minute).and_then(|cells| cells.get(key)) {
-                write.insert(&self.inner.cells, *key, encode(cell.totals));
-            }
+        for (key, totals) in &changes.cells {
+            write.insert(&self.inner.cells, *key, encode(*totals));
         }
-        // Loose cells the clock left behind since are not written back: the
-        // sweep may have deleted their minute already.
-        for (_, cells) in hot.loose.range(cutoff..) {
-            for (key, totals) in cells {
-                write.insert(&self.inner.cells, *key, encode(*totals));
-            }
+        for (partition, mark) in &changes.marks {
+            write.insert(
+                &self.inner.watermarks,
+                partition.to_be_bytes(),
+                mark.clone(),
+            );
         }
-        for partition in &hot.marks_dirty {
-            if let Some((next, clock)) = hot.marks.get(partition) {
-                write.insert(
-                    &self.inner.watermarks,
-                    partition.to_be_bytes(),
-                    encode_watermark(*next, clock),
-                );
-            }
+        let committed = self
+            .inner
+            .store
+            .check_write()
+            .and_then(|()| write.commit().map_err(StoreError::from))
+            .map_err(storage_error);
+        let mut hot = self.hot();
+        hot.in_flight = None;
+        if committed.is_err() {
+            // What failed stays to be written.
+            hot.restore(&changes);
         }
-        write.commit().map_err(storage_error)?;
-        // Only after the commit: what failed stays to be written.
-        for (minute, key) in std::mem::take(&mut hot.dirty) {
-            if let Some(cell) = hot
-                .minutes
-                .get_mut(&minute)
-                .and_then(|cells| cells.get_mut(&key))
-            {
-                cell.dirty = false;
-            }
-        }
-        hot.loose.clear();
-        hot.marks_dirty.clear();
-        hot.unflushed_since = None;
-        hot.unflushed_records = 0;
+        drop(hot);
+        committed?;
+        tracing::debug!(
+            cells = changes.cells.len(),
+            elapsed = ?started.elapsed(),
+            "aggregate cells flushed"
+        );
         Ok(true)
     }
 
     /// Moves the window with the event clock. Minutes it leaves are dropped
-    /// from memory, after a flush when they hold changes; the clock only
-    /// moves forward, so they never come back.
-    fn advance(&self, hot: &mut Hot, clock: Option<i64>) -> Result<()> {
+    /// from memory, their unflushed changes kept as loose cells; the clock
+    /// only moves forward, so they never come back.
+    fn advance(hot: &mut Hot, clock: Option<i64>) {
         if clock <= hot.anchor {
-            return Ok(());
+            return;
         }
         if let Some(clock) = clock {
             let keep = clock - RECENT_MINUTES + 1;
-            let leaving_dirty = hot.dirty.iter().any(|(minute, _)| *minute < keep);
-            if leaving_dirty {
-                self.flush_locked(hot)?;
+            let kept = hot.minutes.split_off(&keep);
+            let leaving = std::mem::replace(&mut hot.minutes, kept);
+            // Their changes not flushed yet stay, as loose cells, until the
+            // next flush: no write on this path.
+            if hot.dirty.iter().any(|(minute, _)| *minute < keep) {
+                hot.dirty.retain(|(minute, _)| *minute >= keep);
+                for (minute, cells) in leaving {
+                    let dirty = cells
+                        .into_iter()
+                        .filter(|(_, cell)| cell.dirty)
+                        .map(|(key, cell)| (key, cell.totals));
+                    hot.loose.entry(minute).or_default().extend(dirty);
+                }
             }
-            hot.minutes = hot.minutes.split_off(&keep);
         }
         hot.anchor = clock;
-        Ok(())
     }
 
-    /// Every cell of `minute` from the engine, with this store's unflushed
-    /// loose changes of it on top: the minute, whole.
+    /// Every cell of `minute` from the engine, with the flush in flight and
+    /// this store's unflushed loose changes of it on top: the minute, whole.
     fn load_minute(&self, hot: &Hot, minute: i64) -> Result<FxHashMap<CellBytes, Cell>> {
         let mut cells = FxHashMap::default();
         for guard in self.inner.cells.prefix(minute_bytes(minute)) {
@@ -377,6 +497,18 @@ impl EmbeddedAggregateStore {
                     dirty: false,
                 },
             );
+        }
+        if let Some(changes) = &hot.in_flight {
+            for (key, totals) in changes.minute(minute) {
+                // Clean: the flush writes them (or puts them back dirty).
+                cells.insert(
+                    *key,
+                    Cell {
+                        totals: *totals,
+                        dirty: false,
+                    },
+                );
+            }
         }
         if let Some(loose) = hot.loose.get(&minute) {
             for (key, totals) in loose {
@@ -395,8 +527,20 @@ impl EmbeddedAggregateStore {
     /// The synchronous part of [`AggregateStore::apply`]. Returns `None`
     /// for a replay, else whether the engine was written (and needs a sync).
     fn apply_blocking(&self, batch: &DeltaBatch) -> Result<Option<bool>> {
-        let mut hot = self.hot();
-        let (stored, mut partition_clock) = self.watermark(&mut hot, batch.partition)?;
+        let applied = self.apply_locked(&mut self.hot(), batch)?;
+        if applied == Some(true) {
+            // Always a sync after a due flush, even one that found nothing
+            // left: the flush that took this batch's changes may not be
+            // synced yet.
+            self.flush_blocking()?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies `batch` in memory. Returns `None` for a replay, else whether
+    /// a flush is due.
+    fn apply_locked(&self, hot: &mut Hot, batch: &DeltaBatch) -> Result<Option<bool>> {
+        let (stored, mut partition_clock) = self.watermark(hot, batch.partition)?;
         let watermark = super::applies_on(batch, stored);
         if batch.next <= watermark {
             return Ok(None);
@@ -423,7 +567,7 @@ impl EmbeddedAggregateStore {
         for ((minute, key), delta) in merged {
             let hot_minute = Hot::in_window(clock, minute);
             if hot_minute && !hot.minutes.contains_key(&minute) && !loaded.contains_key(&minute) {
-                loaded.insert(minute, self.load_minute(&hot, minute)?);
+                loaded.insert(minute, self.load_minute(hot, minute)?);
             }
             let old = match loaded.get(&minute) {
                 Some(cells) => cells.get(&key).map(|c| c.totals).unwrap_or_default(),
@@ -442,11 +586,11 @@ impl EmbeddedAggregateStore {
         }
 
         // Then the changes, in memory.
-        self.advance(&mut hot, clock)?;
+        Self::advance(hot, clock);
         if let Some(minute) = clock {
             self.inner.clock_minute.fetch_max(minute, Ordering::AcqRel);
         }
-        for (minute, mut cells) in loaded {
+        for (minute, cells) in loaded {
             if hot.loose.remove(&minute).is_some() {
                 // The minute's loose changes now live in it, still to flush.
                 let dirty = cells
@@ -454,15 +598,9 @@ impl EmbeddedAggregateStore {
                     .filter(|(_, c)| c.dirty)
                     .map(|(k, _)| (minute, *k));
                 hot.dirty.extend(dirty);
-            } else {
-                // `advance` flushed them meanwhile.
-                for cell in cells.values_mut() {
-                    cell.dirty = false;
-                }
             }
             hot.minutes.insert(minute, cells);
         }
-        let hot = &mut *hot;
         for (minute, key, totals) in updates {
             match hot.minutes.get_mut(&minute) {
                 Some(cells) => {
@@ -488,12 +626,7 @@ impl EmbeddedAggregateStore {
         let since = *hot.unflushed_since.get_or_insert_with(Instant::now);
         let due = since.elapsed() >= self.inner.policy.every
             || hot.unflushed_records >= self.inner.policy.max_records;
-        if due {
-            self.flush_locked(hot)
-        } else {
-            Ok(false)
-        }
-        .map(Some)
+        Ok(Some(due))
     }
 }
 
@@ -846,6 +979,65 @@ mod tests {
         assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 26);
         assert_eq!(count(store.clone(), START).await, 25);
         assert_eq!(count(store, START - 100).await, 25);
+    }
+
+    /// A flush that fails loses nothing: memory still answers every change,
+    /// and the next flush writes them, under the clock that moved on since
+    /// (minute START has left the window by then).
+    #[tokio::test]
+    async fn a_failed_flush_keeps_its_changes_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = FlushPolicy {
+            every: Duration::from_secs(3_600),
+            max_records: u64::MAX,
+        };
+        let one = Totals { count: 1, sum: 3 };
+        let count = |store: EmbeddedAggregateStore, minute: i64| async move {
+            store.query(filter(1), minute, minute + 1).await.unwrap()[0].count
+        };
+        let heavy = |minute: i64| {
+            vec![(
+                key(minute, 2),
+                Totals {
+                    count: 10_000,
+                    sum: 0,
+                },
+            )]
+        };
+        {
+            let store =
+                EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy)
+                    .unwrap();
+            store.apply(batch(0, 1, heavy(START))).await.unwrap();
+            for offset in 1..6 {
+                let deltas = vec![(key(START, 1), one), (key(START - 100, 1), one)];
+                store
+                    .apply(batch(offset, offset + 1, deltas))
+                    .await
+                    .unwrap();
+            }
+            store.inner.store.inject_write_errors(1);
+            assert!(store.flush().await.is_err());
+            assert_eq!(count(store.clone(), START).await, 5);
+            assert_eq!(count(store.clone(), START - 100).await, 5);
+            // The clock moves 10 minutes on: START leaves memory, its
+            // changes still unwritten.
+            for offset in 6..9 {
+                store
+                    .apply(batch(offset, offset + 1, heavy(START + 10)))
+                    .await
+                    .unwrap();
+            }
+            assert!(!Hot::in_window(store.clock(), START));
+            assert_eq!(count(store.clone(), START).await, 5);
+            store.flush().await.unwrap();
+            assert_eq!(count(store.clone(), START).await, 5);
+        }
+        let store =
+            EmbeddedAggregateStore::open_with(&Store::open(dir.path()).unwrap(), policy).unwrap();
+        assert_eq!(store.watermarks(&[0]).await.unwrap()[0].next, 9);
+        assert_eq!(count(store.clone(), START).await, 5);
+        assert_eq!(count(store.clone(), START - 100).await, 5);
     }
 
     /// The cache of recent cells must never answer a zero for a cell the
