@@ -206,32 +206,56 @@ pub struct EmbeddedConsumer {
 }
 
 impl EmbeddedConsumer {
-    fn read(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
-        let mut out = Vec::new();
-        for (partition, position) in self.positions.iter_mut().enumerate() {
-            let partition = partition as u32;
-            let end = self.log.end_offset(partition);
-            if *position >= end {
-                continue;
-            }
-            let range = record_key(partition, *position)..record_key(partition, end);
-            for guard in self.log.inner.records.range(range) {
-                if out.len() >= max {
-                    return Ok(out);
-                }
-                let (key, value) = guard.into_inner().map_err(StoreError::from)?;
-                let offset = offset_of(&key).unwrap_or(*position);
-                out.push(Record {
-                    partition,
-                    offset,
-                    payload: value.to_vec(),
-                    trace: allezon_core::trace::Carried::default(),
-                });
-                *position = offset + 1;
-            }
+    /// Up to `max` records from the positions on. A range read of thousands
+    /// of records, which waits on the engine's locks through a memtable
+    /// rotation: on a blocking thread, never on an async worker.
+    async fn read(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
+        let log = &self.log;
+        let behind =
+            |(partition, position): (usize, &u64)| *position < log.end_offset(partition as u32);
+        if !self.positions.iter().enumerate().any(behind) {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let (log, mut positions) = (self.log.clone(), self.positions.clone());
+        let (records, positions) = tokio::task::spawn_blocking(move || {
+            read_blocking(&log, &mut positions, max).map(|records| (records, positions))
+        })
+        .await
+        .map_err(|err| LogError::Task(err.to_string()))??;
+        self.positions = positions;
+        Ok(records)
     }
+}
+
+fn read_blocking(
+    log: &EmbeddedLog,
+    positions: &mut [u64],
+    max: usize,
+) -> Result<Vec<Record>, LogError> {
+    let mut out = Vec::new();
+    for (partition, position) in positions.iter_mut().enumerate() {
+        let partition = partition as u32;
+        let end = log.end_offset(partition);
+        if *position >= end {
+            continue;
+        }
+        let range = record_key(partition, *position)..record_key(partition, end);
+        for guard in log.inner.records.range(range) {
+            if out.len() >= max {
+                return Ok(out);
+            }
+            let (key, value) = guard.into_inner().map_err(StoreError::from)?;
+            let offset = offset_of(&key).unwrap_or(*position);
+            out.push(Record {
+                partition,
+                offset,
+                payload: value.to_vec(),
+                trace: allezon_core::trace::Carried::default(),
+            });
+            *position = offset + 1;
+        }
+    }
+    Ok(out)
 }
 
 impl LogConsumer for EmbeddedConsumer {
@@ -245,13 +269,13 @@ impl LogConsumer for EmbeddedConsumer {
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, LogError> {
         self.appended.mark_unchanged();
-        let records = self.read(max)?;
+        let records = self.read(max).await?;
         if !records.is_empty() {
             return Ok(records);
         }
         // Nothing yet: sleep until an append lands or `wait` runs out.
         let _ = tokio::time::timeout(wait, self.appended.changed()).await;
-        self.read(max)
+        self.read(max).await
     }
 
     fn seek(&mut self, partition: u32, offset: u64) -> Result<(), LogError> {

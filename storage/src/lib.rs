@@ -20,6 +20,14 @@ use thiserror::Error;
 
 use group_commit::GroupCommit;
 
+/// A keyspace's memtable is sealed and flushed to a table at this size
+/// (fjall's default is 64 MiB). Sealing and flushing a 64 MiB memtable of
+/// tags stalled requests for 100 to 300 ms, 200 ms timeouts included, once
+/// a minute at 10,000 tags/s; 16 MiB ones make four times as many flushes,
+/// each a quarter as long (`scripts/replay-bench.sh 10000`, 450,000 tags,
+/// two runs each: 333 and 276 tags timed out at 64 MiB, 0 and 12 at 16).
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Most bytes of journal kept before memtables are flushed (fjall's minimum
 /// is 64 MiB).
 const JOURNALS_MAX_BYTES: u64 = 128 * 1024 * 1024;
@@ -89,9 +97,11 @@ impl Store {
     /// their key prefixes, so this halves the disk for little CPU.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
         Ok(self.db.keyspace(name, || {
-            KeyspaceCreateOptions::default().data_block_compression_policy(
-                fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4),
-            )
+            KeyspaceCreateOptions::default()
+                .data_block_compression_policy(fjall::config::CompressionPolicy::all(
+                    fjall::CompressionType::Lz4,
+                ))
+                .max_memtable_size(MEMTABLE_BYTES)
         })?)
     }
 

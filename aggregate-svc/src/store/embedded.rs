@@ -714,16 +714,29 @@ impl AggregateStore for EmbeddedAggregateStore {
         };
         let mut out = vec![Totals::default(); (from_minute..to_minute).count()];
         let skipped = out.len() - keys.len();
-        for (((_, key), known), slot) in keys.iter().zip(known).zip(&mut out[skipped..]) {
-            *slot = match known {
-                Some(totals) => totals,
-                None => match self.inner.cells.get(key).map_err(storage_error)? {
-                    Some(value) => decode(&value)?,
-                    None => Totals::default(),
-                },
-            };
+        if known.iter().all(Option::is_some) {
+            for (known, slot) in known.into_iter().zip(&mut out[skipped..]) {
+                *slot = known.unwrap_or_default();
+            }
+            return Ok(out);
         }
-        Ok(out)
+        // Point reads, up to one per minute of a day: blocking engine work,
+        // kept off the async workers.
+        let cells = self.inner.cells.clone();
+        tokio::task::spawn_blocking(move || {
+            for (((_, key), known), slot) in keys.iter().zip(known).zip(&mut out[skipped..]) {
+                *slot = match known {
+                    Some(totals) => totals,
+                    None => match cells.get(key).map_err(storage_error)? {
+                        Some(value) => decode(&value)?,
+                        None => Totals::default(),
+                    },
+                };
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("aggregate read task failed: {err}")))?
     }
 }
 

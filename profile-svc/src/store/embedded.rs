@@ -205,13 +205,20 @@ impl EmbeddedProfileStore {
 impl ProfileStore for EmbeddedProfileStore {
     async fn append(&self, tag: UserTag) -> Result<()> {
         let tag = pb::UserTag::from(tag);
-        let mut batch = self.store.database().batch();
-        // A duplicate stages nothing, and still waits for the sync below: the
-        // first copy may not be durable yet.
-        self.stage(&mut batch, &tag, &mut HashSet::new())
-            .map_err(storage_error)?;
-        self.store.check_write().map_err(storage_error)?;
-        batch.commit().map_err(storage_error)?;
+        let this = self.clone();
+        // A commit waits for any fsync in progress (the journal's lock):
+        // off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut batch = this.store.database().batch();
+            // A duplicate stages nothing, and still waits for the sync
+            // below: the first copy may not be durable yet.
+            this.stage(&mut batch, &tag, &mut HashSet::new())?;
+            this.store.check_write()?;
+            batch.commit().map_err(StoreError::from)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("profile write task failed: {err}")))?
+        .map_err(storage_error)?;
         self.store.sync().await.map_err(storage_error)
     }
 
@@ -226,6 +233,24 @@ impl ProfileStore for EmbeddedProfileStore {
     }
 
     async fn query(
+        &self,
+        cookie: &str,
+        action: Action,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<Tags> {
+        // A scan of up to 200 entries, past the tombstones of trimmed ones,
+        // and their decoding: blocking work, which on an async worker would
+        // hold up every request queued behind it there.
+        let (this, cookie) = (self.clone(), cookie.to_owned());
+        tokio::task::spawn_blocking(move || this.query_blocking(&cookie, action, range, limit))
+            .await
+            .map_err(|err| Error::internal(format!("profile read task failed: {err}")))?
+    }
+}
+
+impl EmbeddedProfileStore {
+    fn query_blocking(
         &self,
         cookie: &str,
         action: Action,
