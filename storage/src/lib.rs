@@ -8,6 +8,7 @@
 //! hundreds of writes; idle, a lone write waits for exactly one fsync.
 
 mod group_commit;
+pub mod priority;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ impl Store {
             .manual_journal_persist(true)
             .max_journaling_size(JOURNALS_MAX_BYTES)
             .open()?;
+        // Its flush and compaction threads, started by the open.
+        priority::lower_threads_named("fjall:");
         let failed = Arc::new(AtomicBool::new(false));
         let commit = Arc::new(GroupCommit::start(db.clone(), Arc::clone(&failed))?);
         Ok(Self {

@@ -49,6 +49,7 @@ impl Trimmer {
         let thread = std::thread::Builder::new()
             .name("profile-trim".into())
             .spawn(move || {
+                allezon_storage::priority::lower_this_thread();
                 for prefix in prefixes {
                     if let Err(err) = trim(&store, &tags, &prefix) {
                         tracing::warn!(%err, "profile trim failed; a later append redoes it");
