@@ -207,8 +207,9 @@ pub struct EmbeddedConsumer {
 
 impl EmbeddedConsumer {
     /// Up to `max` records from the positions on. A range read of thousands
-    /// of records, which waits on the engine's locks through a memtable
-    /// rotation: on a blocking thread, never on an async worker.
+    /// of records is blocking engine work (disk reads once the records
+    /// have left the memtable): on a blocking thread, never on an async
+    /// worker, where it would hold up the requests queued behind it.
     async fn read(&mut self, max: usize) -> Result<Vec<Record>, LogError> {
         let log = &self.log;
         let behind =
