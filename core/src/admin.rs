@@ -118,11 +118,6 @@ impl Readiness {
         self.0.ready.subscribe()
     }
 
-    /// Whether every condition but the ones named in `excluded` holds.
-    pub fn is_ready_without(&self, excluded: &[&str]) -> bool {
-        self.failing_without(excluded).is_empty()
-    }
-
     /// The conditions that do not hold now, but the ones named in
     /// `excluded`; `started` is never left out (a process stopping is
     /// never ready).
@@ -256,12 +251,18 @@ mod tests {
         let readiness = Readiness::started();
         readiness.set_condition("profile-svc", false);
         assert!(!readiness.is_ready());
-        assert!(readiness.is_ready_without(&["profile-svc"]));
-        assert!(!readiness.is_ready_without(&["aggregate-svc"]));
+        assert!(readiness.failing_without(&["profile-svc"]).is_empty());
+        assert_eq!(
+            readiness.failing_without(&["aggregate-svc"]),
+            ["profile-svc"]
+        );
         readiness.set(false);
         // Leaving a dependency out never hides that the process is stopping.
-        assert!(!readiness.is_ready_without(&["profile-svc"]));
-        assert!(!readiness.is_ready_without(&["profile-svc", "started"]));
+        assert_eq!(readiness.failing_without(&["profile-svc"]), ["started"]);
+        assert_eq!(
+            readiness.failing_without(&["profile-svc", "started"]),
+            ["started"]
+        );
     }
 
     #[test]

@@ -25,8 +25,9 @@ use group_commit::GroupCommit;
 /// (fjall's default is 64 MiB). Sealing and flushing a 64 MiB memtable of
 /// tags stalled requests for 100 to 300 ms, 200 ms timeouts included, once
 /// a minute at 10,000 tags/s; 16 MiB ones make four times as many flushes,
-/// each a quarter as long (`scripts/replay-bench.sh 10000`, 450,000 tags,
-/// two runs each: 333 and 276 tags timed out at 64 MiB, 0 and 12 at 16).
+/// each a quarter as long (`allezon-replay --seed 42 --tags 450000 --rate
+/// 10000`, two runs each: 333 and 276 tags timed out at 64 MiB, 0 and 12
+/// at 16).
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most bytes of journal kept before memtables are flushed (fjall's minimum

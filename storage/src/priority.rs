@@ -6,7 +6,8 @@
 //! memtable delayed tags by 100 ms and more at 10,000 tags/s; with these
 //! threads at nice 10 the scheduler runs requests first, and background
 //! work still gets every cycle they leave (it only loses when both want
-//! the CPU). Measured with `scripts/replay-bench.sh 10000`: see the README.
+//! the CPU). One run each of `allezon-replay --seed 42 --tags 450000
+//! --rate 10000`: 21 tags timed out at equal priority, 1 at nice 10.
 
 /// The niceness of background threads (0 is the default, 19 the lowest).
 const BACKGROUND_NICE: i32 = 10;

@@ -525,7 +525,7 @@ impl EmbeddedAggregateStore {
     }
 
     /// The synchronous part of [`AggregateStore::apply`]. Returns `None`
-    /// for a replay, else whether the engine was written (and needs a sync).
+    /// for a replay, else whether a flush was due (and a sync is owed).
     fn apply_blocking(&self, batch: &DeltaBatch) -> Result<Option<bool>> {
         let applied = self.apply_locked(&mut self.hot(), batch)?;
         if applied == Some(true) {
