@@ -148,6 +148,25 @@ pub struct Stores {
     pub errors: Family<StoreLabels, Counter>,
     pub fsync_duration: Histogram,
     pub fsync_writers: Histogram,
+    /// Bytes of a keyspace's tables on disk (journals not included).
+    pub disk: Family<KeyspaceLabels, Gauge>,
+    /// Tables in a keyspace's first level: a pile of them means compaction
+    /// is behind, and the engine slows writes once they form 20 runs.
+    pub l0_tables: Family<KeyspaceLabels, Gauge>,
+    /// Bytes of an engine's journals on disk.
+    pub journal: Family<EngineLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KeyspaceLabels {
+    /// A keyspace of the embedded engine: `profiles`, `event_log`, ...
+    pub keyspace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EngineLabels {
+    /// The engine's data directory, as given.
+    pub engine: String,
 }
 
 impl Stores {
@@ -345,6 +364,9 @@ impl Metrics {
             errors: Family::default(),
             fsync_duration: latency(),
             fsync_writers: sizes(),
+            disk: Family::default(),
+            l0_tables: Family::default(),
+            journal: Family::default(),
         };
         {
             let r = root.sub_registry_with_prefix("store");
@@ -369,6 +391,23 @@ impl Metrics {
                 "fsync_writers",
                 "Writers made durable by one group-commit fsync",
                 stores.fsync_writers.clone(),
+            );
+            r.register_with_unit(
+                "disk",
+                "Bytes of an embedded keyspace's tables on disk, journals not included",
+                Unit::Bytes,
+                stores.disk.clone(),
+            );
+            r.register(
+                "l0_tables",
+                "Tables in an embedded keyspace's first level; the engine slows writes once they form 20 runs",
+                stores.l0_tables.clone(),
+            );
+            r.register_with_unit(
+                "journal",
+                "Bytes allocated on disk to an embedded engine's journals",
+                Unit::Bytes,
+                stores.journal.clone(),
             );
         }
 

@@ -7,6 +7,7 @@
 //! journal and wakes every writer it covered. Under load, one fsync covers
 //! hundreds of writes; idle, a lone write waits for exactly one fsync.
 
+mod disk_metrics;
 mod group_commit;
 pub mod priority;
 
@@ -29,6 +30,10 @@ use group_commit::GroupCommit;
 /// 10000`, two runs each: 333 and 276 tags timed out at 64 MiB, 0 and 12
 /// at 16).
 const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Data blocks are compressed one at a time: larger ones give LZ4 more
+/// repeats to find (fjall's default is 4 KiB).
+const DATA_BLOCK_BYTES: u32 = 16 * 1024;
 
 /// Most bytes of journal kept before memtables are flushed (fjall's minimum
 /// is 64 MiB).
@@ -64,6 +69,8 @@ pub struct Store {
     /// Set once a journal fsync failed: the engine poisons itself then, and
     /// no later write can be made durable (see [`Store::is_healthy`]).
     failed: Arc<AtomicBool>,
+    /// The keyspaces opened, for the engine's gauges.
+    opened: Arc<disk_metrics::Opened>,
 }
 
 impl Store {
@@ -101,6 +108,7 @@ impl Store {
             commit,
             faults: Arc::default(),
             failed,
+            opened: disk_metrics::Opened::start(dir),
         })
     }
 
@@ -109,13 +117,16 @@ impl Store {
     /// uncompressed): tags repeat their field names and values, and cells
     /// their key prefixes, so this halves the disk for little CPU.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
-        Ok(self.db.keyspace(name, || {
+        let keyspace = self.db.keyspace(name, || {
             KeyspaceCreateOptions::default()
                 .data_block_compression_policy(fjall::config::CompressionPolicy::all(
                     fjall::CompressionType::Lz4,
                 ))
+                .data_block_size_policy(fjall::config::BlockSizePolicy::all(DATA_BLOCK_BYTES))
                 .max_memtable_size(MEMTABLE_BYTES)
-        })?)
+        })?;
+        self.opened.add(name, &keyspace);
+        Ok(keyspace)
     }
 
     pub fn database(&self) -> &fjall::Database {
