@@ -51,5 +51,10 @@ print(f"tags counted: {last['tags_counted']:,.0f} in {last['seconds']:.0f} s")
 print(f"rate, second half of the run: {avg_rate:,.0f} tags/s (first samples: {points[0][1]:,.0f})")
 print(f"resident memory: first {points[0][2] / 2**20:,.0f} MiB, max {max(p[2] for p in points) / 2**20:,.0f} MiB, last {last['rss_bytes'] / 2**20:,.0f} MiB")
 print(f"disk: {per_tag:,.1f} bytes per tag at the end ({last['disk_bytes'] / 2**20:,.0f} MiB)")
+if "disk_apparent_bytes" in last:
+    # The files' lengths: the engine's journals are preallocated sparse
+    # files, so this counts bytes never written.
+    print(f"files' lengths: {last['disk_apparent_bytes'] / last['tags_counted']:,.1f} bytes per tag "
+          f"({last['disk_apparent_bytes'] / 2**20:,.0f} MiB)")
 print(f"projected to 86.4 M tags: {86.4e6 * per_tag / 2**30:,.1f} GiB on disk if bytes per tag stay as now; "
       f"{86.4e6 / avg_rate / 3600:,.1f} h to ingest at the second-half rate")

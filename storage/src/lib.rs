@@ -35,9 +35,19 @@ const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 /// repeats to find (fjall's default is 4 KiB).
 const DATA_BLOCK_BYTES: u32 = 16 * 1024;
 
-/// Most bytes of journal kept before memtables are flushed (fjall's minimum
-/// is 64 MiB).
-const JOURNALS_MAX_BYTES: u64 = 128 * 1024 * 1024;
+/// Most bytes of sealed journals kept before the memtables still holding
+/// them are flushed, so the journals can go: fjall's minimum. Small
+/// keyspaces (watermarks, commits, ids) fill their memtables slowly and
+/// would otherwise hold every journal up to the cap; at 128 MiB the journals
+/// of the two engines held 226 MB of a 2-million-tag run's 400.
+const JOURNALS_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The engine's flush and compaction threads (see [`Store::open`]).
+fn engine_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, 4)
+}
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -83,21 +93,26 @@ impl Store {
         // Writes stay in the journal's buffer until the syncer persists them:
         // one write(2) and one fdatasync(2) per group instead of per tag.
         //
-        // Journals are kept to 128 MiB (fjall's default is 512): past that,
+        // Journals are kept to 64 MiB (fjall's default is 512): past that,
         // memtables are flushed and old journals deleted, so the journal's
         // share of the disk stays small next to the data.
         let db = fjall::Database::builder(dir)
             .manual_journal_persist(true)
             .max_journaling_size(JOURNALS_MAX_BYTES)
-            // One flush and compaction thread, not one per core: with more,
-            // fjall 3.1.13's worker 0 hands every compaction message back
-            // to the queue and takes it again (`worker_tick`, "let one
-            // worker prioritize flushing"), a busy loop that burned a core
-            // for as long as another worker compacted (perf: `worker_tick`
-            // and `flume` send at 10 % of the CPU, fjall's threads at 27 %).
-            // With one, four 20 s wrk runs at 64 connections gave 12 % more
-            // tags/s (two pairs), with no write halt.
-            .worker_threads(1)
+            // One per core up to 4 (fjall's default), but never one: with a
+            // single worker,
+            // fjall 3.1.13 deadlocks. Every write to a keyspace past its
+            // memtable size queues a rotation request (`try_send` into a
+            // queue of 1,000); while the worker compacts, writers fill the
+            // queue, and the worker's next rotation then blocks on `send`
+            // of its flush into that full queue, which only it drains. The
+            // memtables and the journal then grow without end (a 10-million
+            // tag replay: 2.6 GB resident, a 983 MB journal, gdb showing the
+            // worker in `inner_rotate_memtable`'s `send`). More workers cost
+            // a busy loop (worker 0 hands compaction messages back to the
+            // queue while another compacts) but keep draining it. fjall's
+            // own default is one on a one-core machine or container.
+            .worker_threads(engine_workers())
             .open()?;
         // Its flush and compaction threads, started by the open.
         priority::lower_threads_named("fjall:");
