@@ -9,6 +9,7 @@
 
 mod disk_metrics;
 mod group_commit;
+pub mod huge_pages;
 pub mod priority;
 
 use std::path::Path;
@@ -86,6 +87,8 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // Before the engine's first allocations: see the module.
+        huge_pages::disable();
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
