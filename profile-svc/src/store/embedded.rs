@@ -50,8 +50,9 @@ impl Trimmer {
             .name("profile-trim".into())
             .spawn(move || {
                 allezon_storage::priority::lower_this_thread();
+                let mut kept_from = KeptFrom::default();
                 for prefix in prefixes {
-                    if let Err(err) = trim(&store, &tags, &prefix) {
+                    if let Err(err) = trim(&store, &tags, &prefix, &mut kept_from) {
                         tracing::warn!(%err, "profile trim failed; a later append redoes it");
                     }
                 }
@@ -81,26 +82,52 @@ impl Drop for Trimmer {
     }
 }
 
+/// Per cookie and action, the oldest key the last trim kept. Below it lie
+/// only the tombstones of what trims deleted, which the engine keeps until
+/// a compaction reaches the last level: a scan from the prefix's start
+/// walks all of them, so a cookie with many tags costs more at every trim.
+/// Starting here bounds a scan by the live tags. A tag that arrives late,
+/// older than this key, is past the
+/// newest [`KEEP_PER_ACTION`] anyway (queries never reach it); it waits for
+/// a scan from the start, after a restart or once the map was cleared.
+#[derive(Default)]
+struct KeptFrom(HashMap<Vec<u8>, Vec<u8>>);
+
+/// Cookies remembered at most; then the map starts again, empty.
+const KEPT_FROM_MAX: usize = 100_000;
+
 /// Deletes every tag of `prefix` below the newest [`KEEP_PER_ACTION`].
 ///
 /// Safe under concurrent appends: a tag's rank (how many newer tags exist)
 /// only grows, so once past the limit it stays past it.
-fn trim(store: &Store, tags: &Keyspace, prefix: &[u8]) -> Result<(), StoreError> {
-    let stale = tags
-        .prefix(prefix)
-        .rev()
-        .skip(KEEP_PER_ACTION)
+fn trim(
+    store: &Store,
+    tags: &Keyspace,
+    prefix: &[u8],
+    kept_from: &mut KeptFrom,
+) -> Result<(), StoreError> {
+    let start = kept_from
+        .0
+        .get(prefix)
+        .cloned()
+        .unwrap_or_else(|| prefix.to_vec());
+    let live = tags
+        .range(start..key::prefix_end(prefix))
         .map(|guard| guard.key())
         .collect::<Result<Vec<_>, _>>()?;
-    if stale.is_empty() {
+    let Some(stale) = live.len().checked_sub(KEEP_PER_ACTION).filter(|n| *n > 0) else {
         return Ok(());
-    }
+    };
     let mut batch = store.database().batch();
-    for key in stale {
-        batch.remove(tags, key);
+    for key in &live[..stale] {
+        batch.remove(tags, key.clone());
     }
     // Not synced on purpose: a trim lost in a crash is redone later.
     batch.commit()?;
+    if kept_from.0.len() >= KEPT_FROM_MAX {
+        kept_from.0.clear();
+    }
+    kept_from.0.insert(prefix.to_vec(), live[stale].to_vec());
     Ok(())
 }
 
@@ -450,6 +477,49 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn a_trim_starts_where_the_last_one_kept_and_a_fresh_one_sweeps_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedProfileStore::open(&Store::open(dir.path()).unwrap()).unwrap();
+        let write = |times: std::ops::Range<i64>| {
+            let mut batch = store.store.database().batch();
+            for t in times {
+                let tag = pb::UserTag::from(tag("c", Action::View, t, t as i32));
+                let entry = Entry::of(&tag);
+                batch.insert(&store.tags, entry.key, entry.value);
+            }
+            batch.commit().unwrap();
+        };
+        let prefix = key::prefix("c", Action::View);
+        let times = || -> Vec<i64> {
+            store
+                .tags
+                .prefix(&prefix)
+                .map(|g| time_of(&g.key().unwrap()).unwrap())
+                .collect()
+        };
+        let mut kept_from = KeptFrom::default();
+
+        write(0..300);
+        trim(&store.store, &store.tags, &prefix, &mut kept_from).unwrap();
+        assert_eq!(times(), (100..300).collect::<Vec<_>>());
+
+        // 50 newer, and one late tag older than everything kept.
+        write(300..350);
+        write(5..6);
+        trim(&store.store, &store.tags, &prefix, &mut kept_from).unwrap();
+        let mut expected = vec![5];
+        expected.extend(150..350);
+        assert_eq!(times(), expected);
+        let newest = store.query("c", Action::View, all(), 1000).await.unwrap();
+        assert_eq!(newest.len(), KEEP_PER_ACTION);
+        assert_eq!(newest.last().unwrap().time_ms, 150);
+
+        // After a restart the map is empty: the scan starts at the prefix.
+        trim(&store.store, &store.tags, &prefix, &mut KeptFrom::default()).unwrap();
+        assert_eq!(times(), (150..350).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -25,6 +25,16 @@ pub fn prefix(cookie: &str, action: Action) -> Vec<u8> {
     key
 }
 
+/// The first key past every key starting with `prefix` (a [`prefix`]:
+/// its last byte is the action, never 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    end
+}
+
 pub fn tag_key(cookie: &str, action: Action, time_ms: i64, hash: u64) -> Vec<u8> {
     let mut key = prefix(cookie, action);
     key.extend_from_slice(&encode_time(time_ms));
