@@ -2,8 +2,9 @@
 # The saturated rate as the store fills: ROUNDS consecutive wrk runs of
 # DURATION at CONNECTIONS against one fresh all-in-one, each run's tags/s on
 # one line. To compare two builds, run it once with each binary, alternating
-# (BIN=path). RENICE_FJALL=0 puts the engine's background threads back to
-# nice 0 after the start (they run at nice 10). Loopback only; bounded.
+# (BIN=path). RENICE_FJALL=N puts the engine's background threads at nice N
+# after the start (they run at nice 10; 0 for equal priority). Loopback
+# only; bounded.
 #
 #   ./scripts/bench-trend.sh                          # 4 runs of 20 s, 64 connections
 #   BIN=/tmp/allezon.other ./scripts/bench-trend.sh
