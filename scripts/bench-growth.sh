@@ -5,26 +5,25 @@
 # data directory's size: the bytes allocated on disk (`du`), and the sum of
 # the files' lengths (`du -b`), which also counts the unwritten end of the
 # engine's preallocated, sparse journals. Ends with the engine's own
-# breakdown by keyspace and journal (growth-parts.txt). Writes docs/bench/growth.csv and growth.svg, and
-# projects the last rates to 24 hours (86.4 million tags). Loopback only;
-# bounded by the tag count.
+# breakdown by keyspace and journal (growth-parts.txt). Writes growth.csv
+# and growth.svg to OUT (docs/bench by default), and projects the last
+# rates to 24 hours (86.4 million tags). BIN= runs another build of the
+# server; the server inherits the environment (e.g. MIMALLOC_ALLOW_THP=0).
+# Loopback only; bounded by the tag count.
 #
 #   ./scripts/bench-growth.sh            # 10,000,000 tags
-#   TAGS=2000000 ./scripts/bench-growth.sh
+#   TAGS=2000000 OUT=/tmp/growth ./scripts/bench-growth.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 TAGS="${TAGS:-10000000}"
-OUT=docs/bench
+OUT="${OUT:-docs/bench}"
+BIN="${BIN:-./target/release/allezon}"
 mkdir -p "$OUT"
 cargo build --release -p allezon -p allezon-replay >&2
-PORT=$(free_port); GRPC=$(free_port); ADMIN=$(free_port)
 DATA=$(mktemp -d)
-RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$PORT" \
-  --grpc-addr "127.0.0.1:$GRPC" --admin-addr "127.0.0.1:$ADMIN" --data-dir "$DATA" >/dev/null &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+trap 'kill ${PID:-} 2>/dev/null; wait ${PID:-} 2>/dev/null; rm -rf "$DATA"' EXIT
+start_all_in_one "$BIN" "$DATA"
 
 # One profile query per 100 tags; no aggregate queries (sampling asks its own).
 ./target/release/allezon-replay --target "http://127.0.0.1:$PORT" --seed 42 \

@@ -16,13 +16,9 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release -p allezon >&2
   BIN=./target/release/allezon
 fi
-PORT=$(free_port); GRPC=$(free_port); ADMIN=$(free_port)
 DATA=$(mktemp -d)
-RUST_LOG=warn "$BIN" --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$GRPC" \
-  --admin-addr "127.0.0.1:$ADMIN" --data-dir "$DATA" >/dev/null 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
+trap 'kill ${PID:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
+start_all_in_one "$BIN" "$DATA"
 wrk -t2 -c64 -d"$((DURATION + 4))s" -s scripts/load/user_tags.lua \
   "http://127.0.0.1:$PORT" -- 1 >/dev/null &
 sleep 2

@@ -17,18 +17,10 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release -p allezon >&2
   BIN=./target/release/allezon
 fi
-PORT=$(free_port); GRPC=$(free_port); ADMIN=$(free_port)
 DATA=$(mktemp -d)
-RUST_LOG=warn "$BIN" --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$GRPC" \
-  --admin-addr "127.0.0.1:$ADMIN" --data-dir "$DATA" >/dev/null 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
-if [ -n "${RENICE_FJALL:-}" ]; then
-  for task in /proc/$PID/task/*; do
-    [[ $(cat "$task/comm") == fjall* ]] && renice -n "$RENICE_FJALL" -p "${task##*/}" >/dev/null
-  done
-fi
+trap 'kill ${PID:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
+start_all_in_one "$BIN" "$DATA"
+[ -z "${RENICE_FJALL:-}" ] || renice_engine "$PID" "$RENICE_FJALL"
 for run in $(seq 1 "$ROUNDS"); do
   rate=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s scripts/load/user_tags.lua \
     "http://127.0.0.1:$PORT" -- "$run" | awk '/Requests\/sec/ {print $2}')

@@ -32,3 +32,30 @@ count_all() {
   done
   echo "$total"
 }
+
+# start_all_in_one BIN DATA: an all-in-one on free loopback ports, with its
+# data in DATA. Sets PORT (REST API), ADMIN (metrics) and PID; returns once
+# it is ready.
+start_all_in_one() {
+  local bin=$1 data=$2 grpc
+  PORT=$(free_port); grpc=$(free_port); ADMIN=$(free_port)
+  RUST_LOG=warn "$bin" --http-addr "127.0.0.1:$PORT" --grpc-addr "127.0.0.1:$grpc" \
+    --admin-addr "127.0.0.1:$ADMIN" --data-dir "$data" >/dev/null 2>&1 &
+  PID=$!
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && return 0
+    kill -0 "$PID" 2>/dev/null || { echo "allezon exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "allezon not ready" >&2; return 1
+}
+
+# renice_engine PID NICE: the storage engine's background threads (fjall's
+# workers, which run at nice 10) at NICE instead, for comparisons.
+renice_engine() {
+  local task
+  for task in /proc/$1/task/*; do
+    [[ $(cat "$task/comm") == fjall* ]] && renice -n "$2" -p "${task##*/}" >/dev/null
+  done
+  return 0
+}

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: the replay tool against a fresh all-in-one server
 # per run, at fixed rates and as fast as possible. Reports (JSON) and plots
-# (SVG) go to docs/bench/. Loopback only; every run is bounded by its tag count.
+# (SVG) go to OUT (docs/bench/ by default). TAGS= overrides each run's tag
+# count; RENICE_FJALL=N puts the engine's background threads at nice N
+# after the start (they run at nice 10). Loopback only; every run is
+# bounded by its tag count.
 #
 #   ./scripts/replay-bench.sh                 # every run below
 #   ./scripts/replay-bench.sh 1000 5000       # only these rates ("max" for as fast as possible)
+#   RENICE_FJALL=19 TAGS=300000 OUT=/tmp/r ./scripts/replay-bench.sh 10000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 PORT="${PORT:-18080}"
 GRPC_PORT="${GRPC_PORT:-18051}"
-OUT=docs/bench
+OUT="${OUT:-docs/bench}"
 mkdir -p "$OUT"
 cargo build --release -p allezon -p allezon-replay >&2
 
@@ -24,11 +29,13 @@ for rate in "${runs[@]}"; do
     max) tags=300000 ;;
     *) tags=300000 ;;
   esac
+  tags="${TAGS:-$tags}"
   DATA=$(mktemp -d)
   RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$PORT" \
     --grpc-addr "127.0.0.1:$GRPC_PORT" --data-dir "$DATA" >/dev/null 2>&1 &
   PID=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  [ -z "${RENICE_FJALL:-}" ] || renice_engine "$PID" "$RENICE_FJALL"
   rate_args=(--rate "$rate")
   [ "$rate" = max ] && rate_args=(--max-in-flight 64)
   echo "== $tags tags at $rate tags/s" >&2

@@ -22,9 +22,9 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    /// Starts sampling `db`. The sampler holds only a weak reference, so it
-    /// never keeps a closed store's directory open; it stops within
-    /// [`EVERY`] after the last handle is dropped.
+    /// Starts sampling the engine in `dir`. The sampler holds only a weak
+    /// reference, so it never keeps a closed store's directory open; it
+    /// stops within [`EVERY`] after the last handle is dropped.
     pub(crate) fn start(dir: &Path) -> Arc<Self> {
         let opened = Arc::new(Self {
             dir: dir.to_owned(),
