@@ -261,7 +261,7 @@ impl Driver {
     async fn send_tag(self: Arc<Self>, n: u64) {
         let tag = self.stream.tag(n);
         self.state().model.record_sent(&tag);
-        let body = tag.to_json().to_string();
+        let body = tag.body();
         let url = format!("{}/user_tags", self.plan.target);
         let request = self
             .client
@@ -387,11 +387,20 @@ impl Driver {
             })
             .await;
         let Some(check) = chosen else { return };
-        let mut expected = check.expected_body(&stream);
-        if q % WRONG_DEBUG_BODY_EVERY == 3 {
-            expected["cookie"] = serde_json::json!("deliberately wrong debug body");
-        }
-        let expected = expected.to_string();
+        // Up to 400 tags for a busy cookie: off the async workers, which
+        // time every other request in flight.
+        let body_check = check.clone();
+        let Ok(expected) = tokio::task::spawn_blocking(move || {
+            let mut expected = body_check.expected_body(&stream);
+            if q % WRONG_DEBUG_BODY_EVERY == 3 {
+                expected.cookie = "deliberately wrong debug body".into();
+            }
+            serde_json::to_string(&expected).unwrap_or_default()
+        })
+        .await
+        else {
+            return;
+        };
         let mut url = format!(
             "{}/user_profiles/{}?time_range={}_{}",
             self.plan.target,

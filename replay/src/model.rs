@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 
-use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE, Tag};
+use crate::stream::{START_MS, Stream, TAGS_PER_MINUTE, Tag, WireTag};
 
 /// Tags kept per cookie and action by the contract.
 pub const KEEP: usize = 200;
@@ -20,6 +20,15 @@ const LIST_MAX: usize = 8192;
 pub struct Model {
     /// Per cookie, indices of its sent tags: `[views, buys]`, ascending.
     lists: HashMap<u32, [Vec<u64>; 2]>,
+}
+
+/// What a debug-mode client sends with a profile query: the answer it
+/// expects, serialized straight from the stream (see [`Tag::body`]).
+#[derive(Debug, serde::Serialize)]
+pub struct ProfileBody {
+    pub cookie: String,
+    pub views: Vec<WireTag>,
+    pub buys: Vec<WireTag>,
 }
 
 /// A profile query and what a correct answer looks like.
@@ -102,15 +111,19 @@ impl ProfileCheck {
 
     /// The answer if every unsettled tag had already arrived or none had:
     /// the body a debug-mode client sends. (The "none" case.)
-    pub fn expected_body(&self, stream: &Stream) -> Value {
+    pub fn expected_body(&self, stream: &Stream) -> ProfileBody {
         let list = |action: usize| {
             self.in_range[action]
                 .iter()
                 .take(self.limit())
-                .map(|(n, _)| stream.tag(*n).to_answer_json())
+                .map(|(n, _)| stream.tag(*n).answer())
                 .collect::<Vec<_>>()
         };
-        json!({"cookie": Tag::cookie_name(self.cookie), "views": list(0), "buys": list(1)})
+        ProfileBody {
+            cookie: Tag::cookie_name(self.cookie),
+            views: list(0),
+            buys: list(1),
+        }
     }
 
     /// Whether `answer` is one a correct server could give: for each action,
@@ -341,13 +354,7 @@ mod tests {
         // In range [2, 7): tags 2, 4, 6; newest first, limit 2: 6, 4.
         let got: Vec<u64> = check.in_range[0].iter().take(2).map(|(n, _)| *n).collect();
         assert_eq!(got, [6, 4]);
-        assert_eq!(
-            check.expected_body(&stream)["views"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(check.expected_body(&stream).views.len(), 2);
     }
 
     #[test]
