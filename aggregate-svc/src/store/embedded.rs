@@ -670,17 +670,27 @@ impl AggregateStore for EmbeddedAggregateStore {
     }
 
     async fn watermarks(&self, partitions: &[u32]) -> Result<Vec<Watermark>> {
-        // Batches apply atomically here, so none is ever left pending.
-        let mut hot = self.hot();
-        partitions
-            .iter()
-            .map(|p| {
-                self.watermark(&mut hot, *p).map(|(next, _)| Watermark {
-                    next,
-                    pending_next: 0,
+        // Under the lock that a flush holds while it takes out and sorts
+        // every change (180,000 cells every 5 s at 10,000 tags/s), and an
+        // apply while it loads a whole minute from the engine: waiting for
+        // it on an async worker would hold up every request queued there
+        // (the gateway's freshness watch asks every second).
+        let (store, partitions) = (self.clone(), partitions.to_vec());
+        tokio::task::spawn_blocking(move || {
+            // Batches apply atomically here, so none is ever left pending.
+            let mut hot = store.hot();
+            partitions
+                .iter()
+                .map(|p| {
+                    store.watermark(&mut hot, *p).map(|(next, _)| Watermark {
+                        next,
+                        pending_next: 0,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
+        .map_err(|err| Error::internal(format!("watermark task failed: {err}")))?
     }
 
     async fn query(
@@ -704,26 +714,21 @@ impl AggregateStore for EmbeddedAggregateStore {
                 (minute, key)
             })
             .collect();
-        // What memory knows, under the lock; the engine after, without it
-        // (cells not in memory have no unflushed change).
-        let known: Vec<Option<Totals>> = {
-            let hot = self.hot();
-            keys.iter()
-                .map(|(minute, key)| hot.get(*minute, key))
-                .collect()
-        };
         let mut out = vec![Totals::default(); (from_minute..to_minute).count()];
         let skipped = out.len() - keys.len();
-        if known.iter().all(Option::is_some) {
-            for (known, slot) in known.into_iter().zip(&mut out[skipped..]) {
-                *slot = known.unwrap_or_default();
-            }
-            return Ok(out);
-        }
-        // Point reads, up to one per minute of a day: blocking engine work,
-        // kept off the async workers.
-        let cells = self.inner.cells.clone();
+        // All of it off the async workers: the lock (see `watermarks`), and
+        // point reads, up to one per minute of a day.
+        let store = self.clone();
         tokio::task::spawn_blocking(move || {
+            // What memory knows, under the lock; the engine after, without
+            // it (cells not in memory have no unflushed change).
+            let known: Vec<Option<Totals>> = {
+                let hot = store.hot();
+                keys.iter()
+                    .map(|(minute, key)| hot.get(*minute, key))
+                    .collect()
+            };
+            let cells = &store.inner.cells;
             for (((_, key), known), slot) in keys.iter().zip(known).zip(&mut out[skipped..]) {
                 *slot = match known {
                     Some(totals) => totals,
