@@ -12,8 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-PORT="${PORT:-18080}"
-GRPC_PORT="${GRPC_PORT:-18051}"
 OUT="${OUT:-docs/bench}"
 mkdir -p "$OUT"
 cargo build --release -p allezon -p allezon-replay >&2
@@ -31,10 +29,7 @@ for rate in "${runs[@]}"; do
   esac
   tags="${TAGS:-$tags}"
   DATA=$(mktemp -d)
-  RUST_LOG=warn ./target/release/allezon --http-addr "127.0.0.1:$PORT" \
-    --grpc-addr "127.0.0.1:$GRPC_PORT" --data-dir "$DATA" >/dev/null 2>&1 &
-  PID=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  start_all_in_one ./target/release/allezon "$DATA"
   [ -z "${RENICE_FJALL:-}" ] || renice_engine "$PID" "$RENICE_FJALL"
   rate_args=(--rate "$rate")
   [ "$rate" = max ] && rate_args=(--max-in-flight 64)

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use allezon_storage::{Keyspace, Store, StoreError, WriteBatch};
 use prost::Message;
@@ -39,6 +40,9 @@ struct Trimmer {
     queue: Option<SyncSender<Vec<u8>>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Profile queries at least this slow are logged at debug level.
+const SLOW_QUERY: Duration = Duration::from_millis(30);
 
 /// Cookies waiting for a trim.
 const TRIM_QUEUE: usize = 4_096;
@@ -291,9 +295,21 @@ impl ProfileStore for EmbeddedProfileStore {
         // and their decoding: blocking work, which on an async worker would
         // hold up every request queued behind it there.
         let (this, cookie) = (self.clone(), cookie.to_owned());
-        tokio::task::spawn_blocking(move || this.query_blocking(&cookie, action, range, limit))
-            .await
-            .map_err(|err| Error::internal(format!("profile read task failed: {err}")))?
+        let asked = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let started = asked.elapsed();
+            let tags = this.query_blocking(&cookie, action, range, limit);
+            // The engine's read path waits on fjall's locks under load; a
+            // slow query's line says whether it waited for a thread or in
+            // the scan (`RUST_LOG=profile_svc=debug`).
+            let took = asked.elapsed();
+            if took >= SLOW_QUERY {
+                tracing::debug!(?started, ?took, cookie, "slow profile query");
+            }
+            tags
+        })
+        .await
+        .map_err(|err| Error::internal(format!("profile read task failed: {err}")))?
     }
 }
 
