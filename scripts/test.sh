@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*" >&2; }
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One full build per run: incremental caches would only add gigabytes of disk
+# (CI builds from a clean clone). Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # --- tansu, the Kafka-protocol broker on loopback -----------------------------
