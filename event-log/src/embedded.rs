@@ -20,6 +20,9 @@ use crate::{EventLog, LogConsumer, LogError, Position, Record, partition_for};
 const RETAIN_BEHIND_COMMIT: u64 = 1_000_000;
 /// Deleting in large steps keeps truncation off the commit path's hot loop.
 const TRUNCATE_STEP: u64 = 100_000;
+/// Most records deleted one by one in one engine batch: a batch holds the
+/// journal's lock through every insert, and tag writes wait for it.
+const DELETE_BATCH: usize = 4_096;
 
 pub(crate) struct Partition {
     /// Next offset to hand out; the lock also orders inserts.
@@ -140,22 +143,56 @@ impl EmbeddedLog {
     /// Deletes the records more than [`RETAIN_BEHIND_COMMIT`] behind
     /// `committed`, in steps of [`TRUNCATE_STEP`]. Blocking engine work.
     fn truncate(&self, partition: u32, committed: u64) -> Result<(), LogError> {
+        self.truncate_with(partition, committed, RETAIN_BEHIND_COMMIT, TRUNCATE_STEP)
+            .map(drop)
+    }
+
+    /// [`Self::truncate`] with its bounds given; returns how many records
+    /// were deleted one by one (not with a whole table).
+    fn truncate_with(
+        &self,
+        partition: u32,
+        committed: u64,
+        retain: u64,
+        step: u64,
+    ) -> Result<usize, LogError> {
         let Some(state) = self.inner.partitions.get(partition as usize) else {
-            return Ok(());
+            return Ok(0);
         };
-        let keep_from = committed.saturating_sub(RETAIN_BEHIND_COMMIT);
+        let keep_from = committed.saturating_sub(retain);
         let truncated = state.truncated.load(Ordering::Acquire);
-        if keep_from < truncated + TRUNCATE_STEP {
-            return Ok(());
+        if keep_from < truncated + step {
+            return Ok(0);
         }
-        let mut batch = self.inner.store.database().batch();
         let range = record_key(partition, truncated)..record_key(partition, keep_from);
+        // Whole tables first, dropped at once: deleting a hundred thousand
+        // records one tombstone each wrote them all again (journal,
+        // memtable, compactions), in one batch that held the journal's
+        // lock, and so every tag write, for its whole length.
+        allezon_storage::drop_tables(&self.inner.records, range.clone())?;
+        // Then what is left (records in tables across the range's ends, or
+        // still in a memtable), a few thousand per batch, so that no tag
+        // write waits long behind one.
+        let mut batch = self.inner.store.database().batch();
+        let mut left = 0_usize;
         for guard in self.inner.records.range(range) {
             batch.remove(&self.inner.records, guard.key().map_err(StoreError::from)?);
+            left += 1;
+            if left.is_multiple_of(DELETE_BATCH) {
+                let full = std::mem::replace(&mut batch, self.inner.store.database().batch());
+                full.commit().map_err(StoreError::from)?;
+            }
         }
         batch.commit().map_err(StoreError::from)?;
+        tracing::debug!(
+            partition,
+            from = truncated,
+            to = keep_from,
+            deleted_one_by_one = left,
+            "log truncated"
+        );
         state.truncated.store(keep_from, Ordering::Release);
-        Ok(())
+        Ok(left)
     }
 }
 
@@ -357,6 +394,42 @@ pub(crate) async fn read_dense(log: &EmbeddedLog, batch: usize) -> Vec<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Truncation drops whole tables and deletes the rest one by one, and
+    /// leaves exactly the records from the kept offset on.
+    #[tokio::test]
+    async fn truncation_keeps_exactly_the_records_from_the_kept_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = EmbeddedLog::open(&store, 1).unwrap();
+        let records = &log.inner.records;
+        // Three tables of 10,000 records (fewer than start a compaction,
+        // which would merge them) and 5,000 more in the memtable.
+        for table in 0..4u64 {
+            let mut batch = store.database().batch();
+            let count = if table == 3 { 5_000 } else { 10_000 };
+            for offset in table * 10_000..table * 10_000 + count {
+                batch.insert(records, record_key(0, offset), offset.to_be_bytes());
+            }
+            batch.commit().unwrap();
+            if table < 3 {
+                records.rotate_memtable_and_wait().unwrap();
+            }
+        }
+        assert_eq!(records.table_count(), 3);
+
+        // Keep 15,000 behind 35,000: everything from 20,000 on, which
+        // splits no table; then from 25,000 on, which splits the third.
+        let left = log.truncate_with(0, 35_000, 15_000, 1_000).unwrap();
+        assert_eq!(left, 0, "two whole tables should have been dropped");
+        let left = log.truncate_with(0, 35_000, 10_000, 1_000).unwrap();
+        assert_eq!(left, 5_000);
+        let kept: Vec<u64> = records
+            .iter()
+            .map(|guard| offset_of(&guard.key().unwrap()).unwrap())
+            .collect();
+        assert_eq!(kept, (25_000..35_000).collect::<Vec<u64>>());
+    }
 
     #[tokio::test]
     async fn records_come_back_in_order_and_survive_reopening() {

@@ -212,6 +212,21 @@ impl Store {
     }
 }
 
+/// Drops the tables of `keyspace` that lie wholly inside `range`, at once:
+/// no tombstones, no journal write, nothing for compactions to merge
+/// later. Keys in tables that straddle the range's ends, and in memtables,
+/// stay; the caller deletes those if it must.
+pub fn drop_tables<K: AsRef<[u8]>>(
+    keyspace: &Keyspace,
+    range: impl std::ops::RangeBounds<K>,
+) -> Result<(), StoreError> {
+    use fjall::AbstractTree as _;
+    keyspace
+        .tree
+        .drop_range(range)
+        .map_err(|err| StoreError::Engine(fjall::Error::from(err)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
