@@ -62,7 +62,7 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
-/// The REST API, recorded by the gateway's tower stack.
+/// The REST API, recorded by the gateway's middleware around the routes.
 #[derive(Debug)]
 pub struct Http {
     pub requests: Family<HttpLabels, Counter>,

@@ -4,7 +4,7 @@
 //! - A client has [`HEADER_TIMEOUT`] to send its request headers, or its
 //!   connection is closed: slowloris clients cannot hold connections (and
 //!   file descriptors) open forever. Request bodies have their own timeout
-//!   in the tower stack.
+//!   in the middleware around the routes (`stack::Edge`).
 //! - Headers are bounded in size and count (hyper's limits: 64 KiB of
 //!   buffer, 100 headers), answered 431 beyond.
 //! - Graceful shutdown: the listener stops accepting, in-flight requests

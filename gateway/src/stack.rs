@@ -6,10 +6,10 @@
 //! layers (tower-http's request id, trace, body timeout and panic layers,
 //! `from_fn` metrics, load shedding over a global concurrency limit): each
 //! of those boxed or cloned something per request, armed a timer for every
-//! body, or took a semaphore: together 10 to 23 % of the all-in-one's CPU
-//! per tag under wrk at 64 connections. This one keeps their behaviour and
-//! used 8 to 18 % less CPU per tag than the stack in three alternating
-//! pairs (README, "Measured figures").
+//! body, or took a semaphore. This one keeps their behaviour, and the
+//! all-in-one used 8 to 18 % less CPU per tag with it than with the stack
+//! under wrk at 64 connections, in three alternating pairs (README, "Where
+//! the time goes, and what changed").
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
