@@ -50,7 +50,11 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// routes: `Router::layer` wraps each route (and method) on its own, so a
 /// limit kept per route would multiply.
 pub fn layer(router: Router) -> Router {
-    let shared = Arc::new(Shared::default());
+    wrap(router, Arc::new(Shared::default()))
+}
+
+/// [`layer`] with the slots given, so that a test can read them.
+fn wrap(router: Router, shared: Arc<Shared>) -> Router {
     router.layer(tower::layer::layer_fn(move |inner| Edge {
         inner,
         shared: Arc::clone(&shared),
@@ -329,15 +333,10 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_a_json_500_and_frees_its_slot() {
         let shared = Arc::new(Shared::default());
-        let app = Router::new()
-            .route("/panics", post(panics))
-            .layer(tower::layer::layer_fn({
-                let shared = Arc::clone(&shared);
-                move |inner| Edge {
-                    inner,
-                    shared: Arc::clone(&shared),
-                }
-            }));
+        let app = wrap(
+            Router::new().route("/panics", post(panics)),
+            Arc::clone(&shared),
+        );
         let answer = app
             .oneshot(post_to("/panics", Body::empty()))
             .await
