@@ -155,6 +155,12 @@ else
   cargo test --workspace --locked --no-fail-fast "$@" "${libtest_ignored[@]}"
 fi
 
+log "patched lsm-tree's own unit tests (third_party/README.md)"
+# Outside the workspace, so built on its own; its own lock file, its own
+# target directory under ours.
+cargo test --manifest-path third_party/lsm-tree/Cargo.toml --locked \
+  --target-dir target/third_party --lib
+
 log "REST API against its OpenAPI document (schemathesis)"
 ./scripts/contract-fuzz.sh
 
