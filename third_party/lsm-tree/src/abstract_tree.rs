@@ -8,7 +8,7 @@ use crate::{
 };
 use std::{
     ops::RangeBounds,
-    sync::{Arc, MutexGuard, RwLockWriteGuard},
+    sync::{Arc, MutexGuard},
 };
 
 pub type RangeItem = crate::Result<KvPair>;
@@ -47,7 +47,7 @@ pub trait AbstractTree {
     fn current_version(&self) -> Version;
 
     #[doc(hidden)]
-    fn get_version_history_lock(&self) -> RwLockWriteGuard<'_, crate::version::SuperVersions>;
+    fn get_version_history_lock(&self) -> crate::version::VersionHistoryWriteGuard<'_>;
 
     /// Seals the active memtable and flushes to table(s).
     ///

@@ -22,7 +22,7 @@ use crate::{
     BlobFile, Config, HashSet, InternalValue, SeqNo, SequenceNumberCounter, Table, TableId,
 };
 use std::{
-    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLockReadGuard},
     time::Instant,
 };
 
@@ -46,7 +46,7 @@ pub struct Options {
     /// Configuration of tree.
     pub config: Arc<Config>,
 
-    pub version_history: Arc<RwLock<SuperVersions>>,
+    pub version_history: Arc<crate::version::VersionHistoryLock>,
 
     /// Compaction strategy to use.
     pub strategy: Arc<dyn CompactionStrategy>,
@@ -237,13 +237,10 @@ fn move_tables(
         &opts.visible_seqno,
     )?;
 
-    let retired = version_history_lock
-        .maintenance(&opts.config.path, opts.mvcc_gc_watermark)
-        .inspect_err(|e| {
-            log::error!("Manifest maintenance failed: {e:?}");
-        })?;
-    drop(version_history_lock);
-    drop(retired);
+    if let Err(e) = version_history_lock.maintenance(&opts.config.path, opts.mvcc_gc_watermark) {
+        log::error!("Manifest maintenance failed: {e:?}");
+        return Err(e);
+    }
 
     Ok(())
 }
@@ -597,14 +594,13 @@ fn merge_tables(
         .hidden_set_mut()
         .show(payload.table_ids.iter().copied());
 
-    let retired = version_history_lock
+    version_history_lock
         .maintenance(&opts.config.path, opts.mvcc_gc_watermark)
         .inspect_err(|e| {
             log::error!("Manifest maintenance failed: {e:?}");
         })?;
 
     drop(version_history_lock);
-    drop(retired);
     drop(compaction_state);
 
     log::trace!("Compaction successful");
@@ -671,14 +667,12 @@ fn drop_tables(
         &opts.visible_seqno,
     )?;
 
-    let retired = version_history_lock
-        .maintenance(&opts.config.path, opts.mvcc_gc_watermark)
-        .inspect_err(|e| {
-            log::error!("Manifest maintenance failed: {e:?}");
-        })?;
+    if let Err(e) = version_history_lock.maintenance(&opts.config.path, opts.mvcc_gc_watermark) {
+        log::error!("Manifest maintenance failed: {e:?}");
+        return Err(e);
+    }
 
     drop(version_history_lock);
-    drop(retired);
 
     // NOTE: If the application were to crash >here< it's fine
     // The tables are not referenced anymore, and will be

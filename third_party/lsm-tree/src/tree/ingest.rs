@@ -326,14 +326,9 @@ impl<'a> Ingestion<'a> {
 
         // Perform maintenance on the version history (e.g., clean up old versions).
         // We use gc_watermark=0 since ingestion doesn't affect sealed memtables.
-        let retired = version_lock
-            .maintenance(&self.tree.config.path, 0)
-            .unwrap_or_else(|e| {
-                log::warn!("Version GC failed: {e:?}");
-                crate::version::RetiredVersions::default()
-            });
-        drop(version_lock);
-        drop(retired);
+        if let Err(e) = version_lock.maintenance(&self.tree.config.path, 0) {
+            log::warn!("Version GC failed: {e:?}");
+        }
 
         Ok(())
     }

@@ -46,7 +46,7 @@ pub struct TreeInner {
     /// Hands out a unique (monotonically increasing) blob file ID
     pub(crate) blob_file_id_counter: SequenceNumberCounter,
 
-    pub(crate) version_history: Arc<RwLock<SuperVersions>>,
+    pub(crate) version_history: Arc<crate::version::VersionHistoryLock>,
 
     pub(crate) compaction_state: Arc<Mutex<CompactionState>>,
 
@@ -89,7 +89,9 @@ impl TreeInner {
             table_id_counter: SequenceNumberCounter::default(),
             blob_file_id_counter: SequenceNumberCounter::default(),
             config: Arc::new(config),
-            version_history: Arc::new(RwLock::new(SuperVersions::new(version))),
+            version_history: Arc::new(crate::version::VersionHistoryLock::new(SuperVersions::new(
+                version,
+            ))),
             stop_signal: StopSignal::default(),
             major_compaction_lock: RwLock::default(),
             flush_lock: Mutex::default(),

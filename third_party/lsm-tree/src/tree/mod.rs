@@ -92,9 +92,7 @@ impl AbstractTree for Tree {
             .map_or(0, |dt| dt.len())
     }
 
-    fn get_version_history_lock(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, crate::version::SuperVersions> {
+    fn get_version_history_lock(&self) -> crate::version::VersionHistoryWriteGuard<'_> {
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         self.version_history.write().expect("lock is poisoned")
     }
@@ -482,14 +480,9 @@ impl AbstractTree for Tree {
             &self.config.visible_seqno,
         )?;
 
-        let retired = version_lock
-            .maintenance(&self.config.path, gc_watermark)
-            .unwrap_or_else(|e| {
-                log::warn!("Version GC failed: {e:?}");
-                crate::version::RetiredVersions::default()
-            });
-        drop(version_lock);
-        drop(retired);
+        if let Err(e) = version_lock.maintenance(&self.config.path, gc_watermark) {
+            log::warn!("Version GC failed: {e:?}");
+        }
 
         Ok(())
     }
@@ -988,7 +981,9 @@ impl Tree {
             memtable_id_counter: SequenceNumberCounter::new(1),
             table_id_counter: SequenceNumberCounter::new(highest_table_id + 1),
             blob_file_id_counter: SequenceNumberCounter::default(),
-            version_history: Arc::new(RwLock::new(SuperVersions::new(version))),
+            version_history: Arc::new(crate::version::VersionHistoryLock::new(SuperVersions::new(
+                version,
+            ))),
             stop_signal: StopSignal::default(),
             config: Arc::new(config),
             major_compaction_lock: RwLock::default(),

@@ -8,7 +8,12 @@ use crate::{
     version::{persist_version, Version},
     SeqNo, SequenceNumberCounter,
 };
-use std::{collections::VecDeque, path::Path, sync::Arc};
+use std::{
+    collections::VecDeque,
+    ops::{Deref, DerefMut},
+    path::Path,
+    sync::{Arc, LockResult, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
 #[derive(Clone)]
@@ -26,23 +31,13 @@ pub struct SuperVersion {
     pub(crate) seqno: SeqNo,
 }
 
-pub struct SuperVersions(VecDeque<SuperVersion>);
-
-/// Super versions that [`SuperVersions::maintenance`] took out of the history.
-///
-/// Dropping one can release the last reference to a sealed memtable (freeing
-/// every node of its skiplist) or to a table marked as deleted (unlinking its
-/// file): tens of milliseconds on a busy disk. Maintenance runs under the
-/// version history's write lock, which every read and every write of the
-/// tree waits for, so callers drop this only after releasing that lock.
-/// (Allezon's patch: see third_party/README.md.)
-#[must_use = "drop it after releasing the version history lock"]
-#[derive(Default)]
-pub struct RetiredVersions(#[allow(dead_code)] Vec<SuperVersion>);
+/// The history of super versions, oldest first, and the ones
+/// [`SuperVersions::maintenance`] took out of it since the lock was taken.
+pub struct SuperVersions(VecDeque<SuperVersion>, Vec<SuperVersion>);
 
 impl SuperVersions {
     pub fn new(version: Version) -> Self {
-        Self(
+        Self::with_history(
             vec![SuperVersion {
                 active_memtable: Arc::new(Memtable::new(0)),
                 sealed_memtables: Arc::default(),
@@ -51,6 +46,10 @@ impl SuperVersions {
             }]
             .into(),
         )
+    }
+
+    fn with_history(history: VecDeque<SuperVersion>) -> Self {
+        Self(history, Vec::new())
     }
 
     pub fn memtable_size_sum(&self) -> u64 {
@@ -79,19 +78,13 @@ impl SuperVersions {
         self.len().saturating_sub(1)
     }
 
-    pub fn maintenance(
-        &mut self,
-        folder: &Path,
-        gc_watermark: SeqNo,
-    ) -> crate::Result<RetiredVersions> {
-        let mut retired = RetiredVersions::default();
-
+    pub fn maintenance(&mut self, folder: &Path, gc_watermark: SeqNo) -> crate::Result<()> {
         if gc_watermark == 0 {
-            return Ok(retired);
+            return Ok(());
         }
 
         if self.free_list_len() < 1 {
-            return Ok(retired);
+            return Ok(());
         }
 
         log::trace!("Running manifest GC with watermark={gc_watermark}");
@@ -113,13 +106,14 @@ impl SuperVersions {
                     crate::file::retry_transient_io(|| std::fs::remove_file(&path))?;
                 }
 
-                retired.0.extend(self.0.pop_front());
+                // Dropped by `VersionHistoryWriteGuard` after the lock.
+                self.1.extend(self.0.pop_front());
             }
         }
 
         log::trace!("Manifest GC done, version length now {}", self.0.len());
 
-        Ok(retired)
+        Ok(())
     }
 
     /// Modifies the level manifest atomically.
@@ -213,6 +207,65 @@ impl SuperVersions {
     }
 }
 
+/// The lock around a tree's [`SuperVersions`] (Allezon's patch: see
+/// third_party/README.md in Allezon's repository).
+///
+/// Dropping a super version that GC retired can free the last reference to
+/// a sealed memtable (every node of its skiplist) or to a table marked as
+/// deleted (unlinking its file): tens of milliseconds on a busy disk. Every
+/// read and every write of the tree takes this lock, so the write guard
+/// drops those versions only after releasing it.
+pub struct VersionHistoryLock(RwLock<SuperVersions>);
+
+impl VersionHistoryLock {
+    pub fn new(history: SuperVersions) -> Self {
+        Self(RwLock::new(history))
+    }
+
+    pub fn read(&self) -> LockResult<RwLockReadGuard<'_, SuperVersions>> {
+        self.0.read()
+    }
+
+    pub fn write(&self) -> LockResult<VersionHistoryWriteGuard<'_>> {
+        match self.0.write() {
+            Ok(guard) => Ok(VersionHistoryWriteGuard(Some(guard))),
+            Err(poisoned) => Err(PoisonError::new(VersionHistoryWriteGuard(Some(
+                poisoned.into_inner(),
+            )))),
+        }
+    }
+}
+
+/// Write access to a tree's [`SuperVersions`]; see [`VersionHistoryLock`].
+pub struct VersionHistoryWriteGuard<'a>(Option<RwLockWriteGuard<'a, SuperVersions>>);
+
+impl Deref for VersionHistoryWriteGuard<'_> {
+    type Target = SuperVersions;
+
+    fn deref(&self) -> &SuperVersions {
+        #[expect(clippy::expect_used, reason = "only taken in drop")]
+        self.0.as_ref().expect("guard is held")
+    }
+}
+
+impl DerefMut for VersionHistoryWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SuperVersions {
+        #[expect(clippy::expect_used, reason = "only taken in drop")]
+        self.0.as_mut().expect("guard is held")
+    }
+}
+
+impl Drop for VersionHistoryWriteGuard<'_> {
+    fn drop(&mut self) {
+        let retired = self
+            .0
+            .as_mut()
+            .map(|history| std::mem::take(&mut history.1));
+        drop(self.0.take());
+        drop(retired);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +273,7 @@ mod tests {
 
     #[test]
     fn super_version_gc_above_watermark() -> crate::Result<()> {
-        let mut history = SuperVersions(
+        let mut history = SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::new(Memtable::new(0)),
@@ -244,20 +297,19 @@ mod tests {
             .into(),
         );
 
-        drop(history.maintenance(Path::new("."), 0)?);
+        history.maintenance(Path::new("."), 0)?;
 
         assert_eq!(history.free_list_len(), 2);
 
         Ok(())
     }
 
-    /// Allezon's patch: the versions GC removes come back to the caller, so
-    /// their memtables (and tables) are freed only when the caller drops them,
-    /// after it released the version history's lock.
+    /// Allezon's patch: the versions GC retires are freed when the write
+    /// guard goes, after the lock is released, not inside `maintenance`.
     #[test]
-    fn super_version_gc_hands_back_retired_versions() -> crate::Result<()> {
+    fn super_version_gc_frees_retired_versions_after_the_lock() -> crate::Result<()> {
         let old_memtable = Arc::new(Memtable::new(0));
-        let mut history = SuperVersions(
+        let lock = VersionHistoryLock::new(SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::clone(&old_memtable),
@@ -273,26 +325,26 @@ mod tests {
                 },
             ]
             .into(),
-        );
+        ));
 
-        let retired = history.maintenance(Path::new("."), 3)?;
-
-        assert_eq!(history.len(), 1);
-        assert_eq!(retired.0.len(), 1);
+        let mut guard = lock.write().expect("lock is poisoned");
+        guard.maintenance(Path::new("."), 3)?;
+        assert_eq!(guard.len(), 1);
         assert_eq!(
             Arc::strong_count(&old_memtable),
             2,
-            "still held by the retired version"
+            "still held by the retired version while the lock is held"
         );
-        drop(retired);
+        drop(guard);
         assert_eq!(Arc::strong_count(&old_memtable), 1);
+        assert_eq!(lock.read().expect("lock is poisoned").len(), 1);
 
         Ok(())
     }
 
     #[test]
     fn super_version_gc_below_watermark_simple() -> crate::Result<()> {
-        let mut history = SuperVersions(
+        let mut history = SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::new(Memtable::new(0)),
@@ -316,7 +368,7 @@ mod tests {
             .into(),
         );
 
-        drop(history.maintenance(Path::new("."), 3)?);
+        history.maintenance(Path::new("."), 3)?;
 
         assert_eq!(history.len(), 1);
 
@@ -325,7 +377,7 @@ mod tests {
 
     #[test]
     fn super_version_gc_below_watermark_simple_2() -> crate::Result<()> {
-        let mut history = SuperVersions(
+        let mut history = SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::new(Memtable::new(0)),
@@ -355,7 +407,7 @@ mod tests {
             .into(),
         );
 
-        drop(history.maintenance(Path::new("."), 3)?);
+        history.maintenance(Path::new("."), 3)?;
 
         assert_eq!(history.len(), 2);
 
@@ -364,7 +416,7 @@ mod tests {
 
     #[test]
     fn super_version_gc_below_watermark_keep() -> crate::Result<()> {
-        let mut history = SuperVersions(
+        let mut history = SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::new(Memtable::new(0)),
@@ -382,7 +434,7 @@ mod tests {
             .into(),
         );
 
-        drop(history.maintenance(Path::new("."), 3)?);
+        history.maintenance(Path::new("."), 3)?;
 
         assert_eq!(history.len(), 2);
 
@@ -391,7 +443,7 @@ mod tests {
 
     #[test]
     fn super_version_gc_below_watermark_shadowed() -> crate::Result<()> {
-        let mut history = SuperVersions(
+        let mut history = SuperVersions::with_history(
             vec![
                 SuperVersion {
                     active_memtable: Arc::new(Memtable::new(0)),
@@ -409,7 +461,7 @@ mod tests {
             .into(),
         );
 
-        drop(history.maintenance(Path::new("."), 3)?);
+        history.maintenance(Path::new("."), 3)?;
 
         assert_eq!(history.len(), 1);
 
