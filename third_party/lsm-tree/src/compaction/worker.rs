@@ -222,7 +222,7 @@ fn move_tables(
         return Ok(());
     }
 
-    version_history_lock.upgrade_version(
+    version_history_lock.upgrade_version_releasing_lock(
         &opts.config.path,
         |current| {
             let mut copy = current.clone();
@@ -652,7 +652,7 @@ fn drop_tables(
 
     // IMPORTANT: Write the manifest with the removed tables first
     // Otherwise the table files are deleted, but are still referenced!
-    version_history_lock.upgrade_version(
+    version_history_lock.upgrade_version_releasing_lock(
         &opts.config.path,
         |current| {
             let mut copy = current.clone();

@@ -261,6 +261,11 @@ impl AbstractTree for Tree {
 
     fn clear(&self) -> crate::Result<()> {
         let config = self.tree_config();
+        // Allezon's patch: flushes and compactions persist their version with
+        // the version lock released, holding only this one; a clear must not
+        // install a version meanwhile.
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let _compaction_state = self.compaction_state.lock().expect("lock is poisoned");
         let mut versions = self.get_version_history_lock();
 
         versions.upgrade_version(
@@ -458,7 +463,7 @@ impl AbstractTree for Tree {
             return Ok(());
         }
 
-        version_lock.upgrade_version(
+        version_lock.upgrade_version_releasing_lock(
             &self.config.path,
             |current| {
                 let mut copy = current.clone();

@@ -210,11 +210,16 @@ impl SuperVersions {
 /// The lock around a tree's [`SuperVersions`] (Allezon's patch: see
 /// third_party/README.md in Allezon's repository).
 ///
-/// Dropping a super version that GC retired can free the last reference to
-/// a sealed memtable (every node of its skiplist) or to a table marked as
-/// deleted (unlinking its file): tens of milliseconds on a busy disk. Every
-/// read and every write of the tree takes this lock, so the write guard
-/// drops those versions only after releasing it.
+/// Every read and every write of the tree takes this lock, so its write
+/// guard keeps slow work out of it:
+///
+/// - Dropping a super version that GC retired can free the last reference
+///   to a sealed memtable (every node of its skiplist) or to a table marked
+///   as deleted (unlinking its file): tens of milliseconds on a busy disk.
+///   The guard drops those versions only after releasing the lock.
+/// - Persisting a new version takes several fsyncs.
+///   [`VersionHistoryWriteGuard::upgrade_version_releasing_lock`] does them
+///   with the lock released.
 pub struct VersionHistoryLock(RwLock<SuperVersions>);
 
 impl VersionHistoryLock {
@@ -227,41 +232,108 @@ impl VersionHistoryLock {
     }
 
     pub fn write(&self) -> LockResult<VersionHistoryWriteGuard<'_>> {
+        let wrap = |guard| VersionHistoryWriteGuard {
+            lock: &self.0,
+            guard: Some(guard),
+        };
         match self.0.write() {
-            Ok(guard) => Ok(VersionHistoryWriteGuard(Some(guard))),
-            Err(poisoned) => Err(PoisonError::new(VersionHistoryWriteGuard(Some(
-                poisoned.into_inner(),
-            )))),
+            Ok(guard) => Ok(wrap(guard)),
+            Err(poisoned) => Err(PoisonError::new(wrap(poisoned.into_inner()))),
         }
     }
 }
 
 /// Write access to a tree's [`SuperVersions`]; see [`VersionHistoryLock`].
-pub struct VersionHistoryWriteGuard<'a>(Option<RwLockWriteGuard<'a, SuperVersions>>);
+pub struct VersionHistoryWriteGuard<'a> {
+    lock: &'a RwLock<SuperVersions>,
+    /// `None` only while the lock is released inside a method of this guard.
+    guard: Option<RwLockWriteGuard<'a, SuperVersions>>,
+}
+
+impl VersionHistoryWriteGuard<'_> {
+    /// Like [`SuperVersions::upgrade_version`], but the new version is
+    /// persisted (its file written and fsynced, then `current` rewritten)
+    /// with the lock released.
+    ///
+    /// The caller must hold the tree's compaction state lock. Every change
+    /// to the tree's [`Version`] holds it too (flushes, compactions,
+    /// ingestion), except `clear`, which keeps the fully locked upgrade. So
+    /// while the lock is released, only memtable rotations and version GC
+    /// can change the history. GC only removes old versions. A rotation
+    /// replaces the active memtable and adds a sealed one; both are carried
+    /// into the new version when it is installed. The sealed memtables that
+    /// `f` removed (flushed) stay removed.
+    pub fn upgrade_version_releasing_lock<
+        F: FnOnce(&SuperVersion) -> crate::Result<SuperVersion>,
+    >(
+        &mut self,
+        tree_path: &Path,
+        f: F,
+        seqno: &SequenceNumberCounter,
+        visible_seqno: &SequenceNumberCounter,
+    ) -> crate::Result<()> {
+        let before = self.latest_version();
+        let mut next_version = f(&before)?;
+
+        self.guard = None;
+        let persisted = persist_version(tree_path, &next_version.version);
+        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
+        let guard = self.lock.write().expect("lock is poisoned");
+        self.guard = Some(guard);
+        persisted?;
+
+        let latest = self.latest_version();
+        debug_assert_eq!(latest.version.id(), before.version.id());
+        let mut sealed = latest.sealed_memtables;
+        for flushed in before
+            .sealed_memtables
+            .iter()
+            .filter(|memtable| !next_version.sealed_memtables.contains(&memtable.id))
+        {
+            sealed = Arc::new(sealed.remove(flushed.id));
+        }
+        next_version.sealed_memtables = sealed;
+        next_version.active_memtable = latest.active_memtable;
+        next_version.seqno = seqno.next();
+        log::trace!("Next version seqno={}", next_version.seqno);
+
+        let installed = next_version.seqno;
+        self.append_version(next_version);
+        visible_seqno.fetch_max(installed + 1);
+
+        Ok(())
+    }
+}
 
 impl Deref for VersionHistoryWriteGuard<'_> {
     type Target = SuperVersions;
 
     fn deref(&self) -> &SuperVersions {
-        #[expect(clippy::expect_used, reason = "only taken in drop")]
-        self.0.as_ref().expect("guard is held")
+        #[expect(
+            clippy::expect_used,
+            reason = "only released inside this guard's methods"
+        )]
+        self.guard.as_ref().expect("guard is held")
     }
 }
 
 impl DerefMut for VersionHistoryWriteGuard<'_> {
     fn deref_mut(&mut self) -> &mut SuperVersions {
-        #[expect(clippy::expect_used, reason = "only taken in drop")]
-        self.0.as_mut().expect("guard is held")
+        #[expect(
+            clippy::expect_used,
+            reason = "only released inside this guard's methods"
+        )]
+        self.guard.as_mut().expect("guard is held")
     }
 }
 
 impl Drop for VersionHistoryWriteGuard<'_> {
     fn drop(&mut self) {
         let retired = self
-            .0
+            .guard
             .as_mut()
             .map(|history| std::mem::take(&mut history.1));
-        drop(self.0.take());
+        drop(self.guard.take());
         drop(retired);
     }
 }
@@ -300,6 +372,74 @@ mod tests {
         history.maintenance(Path::new("."), 0)?;
 
         assert_eq!(history.free_list_len(), 2);
+
+        Ok(())
+    }
+
+    /// Allezon's patch: an upgrade persists its version with the lock
+    /// released. Memtable rotations that happen meanwhile (here, on another
+    /// thread, as fast as they can) must all survive in the installed
+    /// version, and the sealed memtables the upgrade removed (flushed) must
+    /// stay removed.
+    #[test]
+    fn upgrade_releasing_lock_keeps_concurrent_rotations() -> crate::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let lock = Arc::new(VersionHistoryLock::new(SuperVersions::new(Version::new(
+            0,
+            crate::TreeType::Standard,
+        ))));
+        let seqno = SequenceNumberCounter::default();
+        let visible_seqno = SequenceNumberCounter::default();
+        let rotations = 200;
+
+        let rotator = {
+            let lock = Arc::clone(&lock);
+            std::thread::spawn(move || {
+                for id in 1..=rotations {
+                    let mut guard = lock.write().expect("lock is poisoned");
+                    let latest = guard.latest_version();
+                    let mut copy = latest.clone();
+                    copy.active_memtable = Arc::new(Memtable::new(id));
+                    copy.sealed_memtables =
+                        Arc::new(latest.sealed_memtables.add(latest.active_memtable));
+                    guard.replace_latest_version(copy);
+                    drop(guard);
+                    std::thread::yield_now();
+                }
+            })
+        };
+
+        // The flushes: each removes the oldest sealed memtable, if any.
+        let mut flushed = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let mut guard = lock.write().expect("lock is poisoned");
+            guard.upgrade_version_releasing_lock(
+                dir.path(),
+                |current| {
+                    let mut copy = current.clone();
+                    if let Some(oldest) = current.sealed_memtables.iter().next() {
+                        flushed.insert(oldest.id);
+                        copy.sealed_memtables =
+                            Arc::new(current.sealed_memtables.remove(oldest.id));
+                    }
+                    copy.version =
+                        Version::new(current.version.id() + 1, crate::TreeType::Standard);
+                    Ok(copy)
+                },
+                &seqno,
+                &visible_seqno,
+            )?;
+        }
+        rotator.join().expect("rotator panicked");
+
+        let latest = lock.read().expect("lock is poisoned").latest_version();
+        assert_eq!(latest.version.id(), 20);
+        assert_eq!(latest.active_memtable.id, rotations);
+        let sealed: Vec<_> = latest.sealed_memtables.iter().map(|m| m.id).collect();
+        let expected: Vec<_> = (0..rotations).filter(|id| !flushed.contains(id)).collect();
+        assert_eq!(sealed, expected);
+        assert!(dir.path().join("v20").try_exists()?);
+        assert_eq!(visible_seqno.get(), seqno.get());
 
         Ok(())
     }
