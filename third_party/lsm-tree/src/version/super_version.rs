@@ -257,12 +257,14 @@ impl VersionHistoryWriteGuard<'_> {
     ///
     /// The caller must hold the tree's compaction state lock. Every change
     /// to the tree's [`Version`] holds it too (flushes, compactions,
-    /// ingestion), except `clear`, which keeps the fully locked upgrade. So
+    /// ingestion, and `clear`, which keeps the fully locked upgrade). So
     /// while the lock is released, only memtable rotations and version GC
     /// can change the history. GC only removes old versions. A rotation
     /// replaces the active memtable and adds a sealed one; both are carried
     /// into the new version when it is installed. The sealed memtables that
-    /// `f` removed (flushed) stay removed.
+    /// `f` removed (flushed) stay removed. Should the [`Version`] have
+    /// changed anyway, nothing is installed and this returns
+    /// [`crate::Error::Unrecoverable`].
     pub fn upgrade_version_releasing_lock<
         F: FnOnce(&SuperVersion) -> crate::Result<SuperVersion>,
     >(
@@ -283,7 +285,18 @@ impl VersionHistoryWriteGuard<'_> {
         persisted?;
 
         let latest = self.latest_version();
-        debug_assert_eq!(latest.version.id(), before.version.id());
+        if latest.version.id() != before.version.id() {
+            // Someone changed the table list without the compaction-state
+            // lock: the version just persisted was built on a stale one.
+            // Installing it could lose tables, so nothing is installed.
+            log::error!(
+                "version {} changed to {} while version {} was persisted",
+                before.version.id(),
+                latest.version.id(),
+                next_version.version.id(),
+            );
+            return Err(crate::Error::Unrecoverable);
+        }
         let mut sealed = latest.sealed_memtables;
         for flushed in before
             .sealed_memtables
