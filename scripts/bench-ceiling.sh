@@ -34,15 +34,10 @@ run() {
   RUN=$((RUN + 1))
   out=$(wrk -t2 -c"$3" -d"$DURATION" --latency -s scripts/load/user_tags.lua \
     "http://127.0.0.1:$2" -- "$RUN" 2>/dev/null)
-  local rate p50 p99 requests bad
-  rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
+  wrk_summary "$out"
   printf '%-8s c=%-4s %10s tags/s  p50 %-8s p99 %-8s requests %-9s non-2xx %s\n' \
-    "$1" "$3" "$rate" "$p50" "$p99" "$requests" "$bad"
-  [[ $1 == allezon ]] && ACCEPTED=$((ACCEPTED + requests - bad))
+    "$1" "$3" "$WRK_RATE" "$WRK_P50" "$WRK_P99" "$WRK_REQUESTS" "$WRK_NON2XX"
+  [[ $1 == allezon ]] && ACCEPTED=$((ACCEPTED + WRK_REQUESTS - WRK_NON2XX))
   return 0
 }
 

@@ -36,11 +36,9 @@ for _ in $(seq 1 "$ROUNDS"); do
     out=$(wrk -t2 -c"$C" -d"$D" --latency -s scripts/load/user_tags.lua \
       "http://127.0.0.1:$PORT" -- "$RANDOM" 2>/dev/null)
     after=$(cpu_ticks "$PID")
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    wrk_summary "$out"
     awk -v name="$server" -v before="$before" -v after="$after" -v ticks="$TICKS" \
-      -v requests="$requests" \
-      -v rate="$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
-      -v p99="$(awk '$1 == "99%" {print $2}' <<<"$out")" \
+      -v requests="$WRK_REQUESTS" -v rate="$WRK_RATE" -v p99="$WRK_P99" \
       'BEGIN { printf "%-32s %10s tags/s  p99 %-8s  server CPU %5.1f us per tag\n",
                name, rate, p99, (after - before) / ticks * 1e6 / requests }'
     kill "$PID"

@@ -59,3 +59,15 @@ renice_engine() {
   done
   return 0
 }
+
+# wrk_summary OUTPUT: the figures of one `wrk --latency` run, read from its
+# printed OUTPUT, in WRK_RATE (requests/s), WRK_P50, WRK_P99 (with units, as
+# wrk prints them), WRK_REQUESTS and WRK_NON2XX (0 when wrk printed none).
+wrk_summary() {
+  WRK_RATE=$(awk '/Requests\/sec/ {print $2}' <<<"$1")
+  WRK_P50=$(awk '$1 == "50%" {print $2}' <<<"$1")
+  WRK_P99=$(awk '$1 == "99%" {print $2}' <<<"$1")
+  WRK_REQUESTS=$(awk '/requests in/ {print $1}' <<<"$1")
+  WRK_NON2XX=$(awk '/Non-2xx/ {print $5}' <<<"$1")
+  WRK_NON2XX=${WRK_NON2XX:-0}
+}
