@@ -299,6 +299,12 @@ mod tests {
         Request::post(path).body(body).unwrap()
     }
 
+    async fn body_of(answer: Response) -> Bytes {
+        axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_request_id_is_kept_or_given() {
         let mut request = post_to("/ok", Body::empty());
@@ -342,10 +348,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.status(), 500);
-        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body_of(answer).await).unwrap();
         // Internal errors are not described to clients.
         assert_eq!(error["error"], "internal error");
         assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
@@ -360,10 +363,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.status(), 200);
-        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        assert_eq!(&body[..], b"a tag");
+        assert_eq!(&body_of(answer).await[..], b"a tag");
 
         // Never ends: the first chunk, then nothing.
         let trickle = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("{\"ti"))])
