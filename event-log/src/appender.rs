@@ -28,6 +28,9 @@ use crate::{LogError, Position, partition_for};
 const QUEUE: usize = 8_192;
 /// Most items in one engine batch.
 const GROUP: usize = 1_024;
+/// Groups at least this long are logged at debug level, with where their
+/// time went (`RUST_LOG=event_log=debug`): what the tags behind them waited.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What staging one item asks of the log.
 pub enum Staged {
@@ -116,6 +119,7 @@ fn write_group<T, F>(log: &EmbeddedLog, stage: &mut F, group: &mut Vec<(T, Reply
 where
     F: FnMut(&mut WriteBatch, &T, bool) -> Result<Staged, StoreError>,
 {
+    let began = std::time::Instant::now();
     let inner = log.inner();
     let mut batch = inner.store.database().batch();
     let mut positions: Vec<Option<Position>> = Vec::with_capacity(group.len());
@@ -155,8 +159,8 @@ where
     }
     let ends: Vec<u64> = next.iter().map(|n| **n).collect();
     drop(next);
+    let syncing = std::time::Instant::now();
     let outcome = outcome.and_then(|()| {
-        let syncing = std::time::Instant::now();
         let synced = inner
             .store
             .database()
@@ -172,6 +176,16 @@ where
         stores.fsync_writers.observe(group.len() as f64);
         synced
     });
+    let took = began.elapsed();
+    if took >= SLOW_GROUP {
+        tracing::debug!(
+            tags = group.len(),
+            staged_and_committed = ?syncing.duration_since(began),
+            synced = ?syncing.elapsed(),
+            ?took,
+            "slow log append group"
+        );
+    }
     match outcome {
         Ok(()) => {
             for (partition, end) in inner.partitions.iter().zip(ends) {

@@ -13,6 +13,7 @@ use std::{
     ops::{Deref, DerefMut},
     path::Path,
     sync::{Arc, LockResult, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::{Duration, Instant},
 };
 
 /// A super version is a point-in-time snapshot of memtables and a [`Version`] (list of disk files)
@@ -235,6 +236,7 @@ impl VersionHistoryLock {
         let wrap = |guard| VersionHistoryWriteGuard {
             lock: &self.0,
             guard: Some(guard),
+            taken: Instant::now(),
         };
         match self.0.write() {
             Ok(guard) => Ok(wrap(guard)),
@@ -248,7 +250,14 @@ pub struct VersionHistoryWriteGuard<'a> {
     lock: &'a RwLock<SuperVersions>,
     /// `None` only while the lock is released inside a method of this guard.
     guard: Option<RwLockWriteGuard<'a, SuperVersions>>,
+    /// When the lock was last taken, for the debug log of long holds.
+    taken: Instant,
 }
+
+/// Holds, persists and frees at least this long are logged at debug level,
+/// so that the stalls this guard removes can be watched for
+/// (`RUST_LOG=lsm_tree=debug`).
+const SLOW: Duration = Duration::from_millis(3);
 
 impl VersionHistoryWriteGuard<'_> {
     /// Like [`SuperVersions::upgrade_version`], but the new version is
@@ -277,11 +286,20 @@ impl VersionHistoryWriteGuard<'_> {
         let before = self.latest_version();
         let mut next_version = f(&before)?;
 
-        self.guard = None;
+        self.release();
+        let persisting = Instant::now();
         let persisted = persist_version(tree_path, &next_version.version);
+        if persisting.elapsed() >= SLOW {
+            log::debug!(
+                "version {} persisted, unlocked, in {:?}",
+                next_version.version.id(),
+                persisting.elapsed()
+            );
+        }
         #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
         let guard = self.lock.write().expect("lock is poisoned");
         self.guard = Some(guard);
+        self.taken = Instant::now();
         persisted?;
 
         let latest = self.latest_version();
@@ -340,14 +358,36 @@ impl DerefMut for VersionHistoryWriteGuard<'_> {
     }
 }
 
+impl VersionHistoryWriteGuard<'_> {
+    /// Releases the lock (logging a long hold); the retired versions stay
+    /// in the history for whoever frees them next.
+    fn release(&mut self) {
+        drop(self.guard.take());
+        let held = self.taken.elapsed();
+        if held >= SLOW {
+            log::debug!("version history lock held {held:?}");
+        }
+    }
+}
+
 impl Drop for VersionHistoryWriteGuard<'_> {
     fn drop(&mut self) {
         let retired = self
             .guard
             .as_mut()
             .map(|history| std::mem::take(&mut history.1));
-        drop(self.guard.take());
-        drop(retired);
+        self.release();
+        if let Some(retired) = retired.filter(|retired| !retired.is_empty()) {
+            let freeing = Instant::now();
+            let count = retired.len();
+            drop(retired);
+            if freeing.elapsed() >= SLOW {
+                log::debug!(
+                    "{count} retired versions freed after the version history lock in {:?}",
+                    freeing.elapsed()
+                );
+            }
+        }
     }
 }
 
