@@ -16,32 +16,58 @@ use allezon_core::trace::Carried;
 use allezon_proto::v1 as pb;
 use event_log::{Appender, EmbeddedLog, Staged};
 use gateway::{TagWriter, backends::WriteFuture};
-use profile_svc::EmbeddedProfileStore;
+use profile_svc::{EmbeddedProfileStore, PreparedTag};
 use prost::Message;
 use tracing::Instrument as _;
 
 #[derive(Clone)]
 pub struct EmbeddedIngest {
-    appender: Arc<Appender<pb::TagEvent>>,
+    appender: Arc<Appender<Prepared>>,
+}
+
+/// A tag as the appender thread takes it: encoded by the request's async
+/// worker, so the one thread every tag goes through only checks and stages
+/// it, and the parsed tag is freed by the thread that allocated it.
+struct Prepared {
+    profile: PreparedTag,
+    /// The log record's partition key: the cookie.
+    cookie: Vec<u8>,
+    /// The log record: the tag and its trace context.
+    record: Vec<u8>,
+}
+
+impl Prepared {
+    fn of(tag: pb::UserTag, trace: Carried) -> Self {
+        let profile = PreparedTag::of(&tag);
+        let cookie = tag.cookie.as_bytes().to_vec();
+        let record = pb::TagEvent {
+            tag: Some(tag),
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        }
+        .encode_to_vec();
+        Self {
+            profile,
+            cookie,
+            record,
+        }
+    }
 }
 
 impl EmbeddedIngest {
     pub fn start(log: &EmbeddedLog, profiles: EmbeddedProfileStore) -> std::io::Result<Self> {
         // Profile keys staged in the current group, not readable yet.
         let mut pending: HashSet<Vec<u8>> = HashSet::new();
-        let appender = Appender::start(log, move |batch, event: &pb::TagEvent, new_group| {
+        let appender = Appender::start(log, move |batch, tag: Prepared, new_group| {
             if new_group {
                 pending.clear();
             }
-            let Some(tag) = &event.tag else {
-                return Ok(Staged::Skip);
-            };
-            if !profiles.stage(batch, tag, &mut pending)? {
+            if !profiles.stage_prepared(batch, tag.profile, &mut pending)? {
                 return Ok(Staged::Skip);
             }
             Ok(Staged::Append {
-                key: tag.cookie.as_bytes().to_vec(),
-                payload: event.encode_to_vec(),
+                key: tag.cookie,
+                payload: tag.record,
             })
         })?;
         Ok(Self {
@@ -59,15 +85,13 @@ impl TagWriter for EmbeddedIngest {
         let trace = Carried::of(&span);
         Box::pin(
             async move {
-                let event = pb::TagEvent {
-                    tag: Some(tag),
-                    traceparent: trace.traceparent,
-                    tracestate: trace.tracestate,
-                };
-                appender.append(event).await.map_err(|err| {
-                    tracing::error!(%err, "tag write failed");
-                    Error::unavailable(format!("storage: {err}"))
-                })
+                appender
+                    .append(Prepared::of(tag, trace))
+                    .await
+                    .map_err(|err| {
+                        tracing::error!(%err, "tag write failed");
+                        Error::unavailable(format!("storage: {err}"))
+                    })
             }
             .instrument(span),
         )

@@ -51,13 +51,14 @@ pub struct Appender<T> {
 
 impl<T: Send + 'static> Appender<T> {
     /// Starts the writer of `log`. `stage` puts an item's own writes into the
-    /// batch and says whether to append a record. The engine shows it every
+    /// batch (it owns the item, so its buffers move into the batch) and says
+    /// whether to append a record. The engine shows it every
     /// earlier group's writes; the current group's it must remember itself
     /// (a batch is not readable before it commits): the flag says an item
     /// opens a new group.
     pub fn start<F>(log: &EmbeddedLog, mut stage: F) -> std::io::Result<Self>
     where
-        F: FnMut(&mut WriteBatch, &T, bool) -> Result<Staged, StoreError> + Send + 'static,
+        F: FnMut(&mut WriteBatch, T, bool) -> Result<Staged, StoreError> + Send + 'static,
     {
         let (queue, mut items) = mpsc::channel::<(T, Reply)>(QUEUE);
         let log = log.clone();
@@ -65,15 +66,20 @@ impl<T: Send + 'static> Appender<T> {
             .name("log-appender".into())
             .spawn(move || {
                 let mut group = Vec::with_capacity(GROUP);
-                while let Some(first) = items.blocking_recv() {
+                let mut replies = Vec::with_capacity(GROUP);
+                while let Some((first, reply)) = items.blocking_recv() {
                     group.push(first);
+                    replies.push(reply);
                     while group.len() < GROUP {
                         match items.try_recv() {
-                            Ok(item) => group.push(item),
+                            Ok((item, reply)) => {
+                                group.push(item);
+                                replies.push(reply);
+                            }
                             Err(_) => break,
                         }
                     }
-                    write_group(&log, &mut stage, &mut group);
+                    write_group(&log, &mut stage, &mut group, &mut replies);
                 }
             })?;
         Ok(Self {
@@ -114,11 +120,12 @@ impl<T> Drop for Appender<T> {
 }
 
 /// One engine batch and one fsync for the whole group; every item gets the
-/// same outcome.
-fn write_group<T, F>(log: &EmbeddedLog, stage: &mut F, group: &mut Vec<(T, Reply)>)
+/// same outcome. Leaves both vectors empty.
+fn write_group<T, F>(log: &EmbeddedLog, stage: &mut F, group: &mut Vec<T>, replies: &mut Vec<Reply>)
 where
-    F: FnMut(&mut WriteBatch, &T, bool) -> Result<Staged, StoreError>,
+    F: FnMut(&mut WriteBatch, T, bool) -> Result<Staged, StoreError>,
 {
+    let tags = group.len();
     let began = std::time::Instant::now();
     let inner = log.inner();
     let mut batch = inner.store.database().batch();
@@ -132,7 +139,7 @@ where
         .collect();
     let start: Vec<u64> = next.iter().map(|n| **n).collect();
     let outcome = (|| {
-        for (i, (item, _)) in group.iter().enumerate() {
+        for (i, item) in group.drain(..).enumerate() {
             match stage(&mut batch, item, i == 0)? {
                 Staged::Append { key, payload } => {
                     let partition = partition_for(&key, inner.partitions.len() as u32);
@@ -173,13 +180,13 @@ where
         stores
             .fsync_duration
             .observe(syncing.elapsed().as_secs_f64());
-        stores.fsync_writers.observe(group.len() as f64);
+        stores.fsync_writers.observe(tags as f64);
         synced
     });
     let took = began.elapsed();
     if took >= SLOW_GROUP {
         tracing::debug!(
-            tags = group.len(),
+            tags,
             staged_and_committed = ?syncing.duration_since(began),
             synced = ?syncing.elapsed(),
             ?took,
@@ -192,14 +199,14 @@ where
                 partition.visible.fetch_max(end, Ordering::AcqRel);
             }
             inner.appended.send_modify(|n| *n = n.wrapping_add(1));
-            for ((_, reply), position) in group.drain(..).zip(positions) {
+            for (reply, position) in replies.drain(..).zip(positions) {
                 let _ = reply.send(Ok(position));
             }
         }
         Err(err) => {
             tracing::error!(%err, "log append group failed");
             let err = Arc::new(LogError::Storage(err));
-            for (_, reply) in group.drain(..) {
+            for reply in replies.drain(..) {
                 let _ = reply.send(Err(Arc::clone(&err)));
             }
         }
@@ -216,7 +223,7 @@ mod tests {
         // Odd items are skipped; every item also writes a marker key.
         let marks = log.inner().store.keyspace("marks").unwrap();
         Arc::new(
-            Appender::start(log, move |batch, n: &u32, _| {
+            Appender::start(log, move |batch, n: u32, _| {
                 batch.insert(&marks, n.to_be_bytes(), b"");
                 Ok(if n.is_multiple_of(2) {
                     Staged::Append {

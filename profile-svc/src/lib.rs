@@ -19,7 +19,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 pub use grpc::ProfileGrpc;
-pub use store::{AerospikeProfileStore, EmbeddedProfileStore, ProfileStore};
+pub use store::{AerospikeProfileStore, EmbeddedProfileStore, PreparedTag, ProfileStore};
 
 /// The gRPC service name, as health checks and reflection list it.
 pub const SERVICE_NAME: &str =

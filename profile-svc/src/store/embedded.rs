@@ -167,6 +167,38 @@ impl Entry {
             hash,
         }
     }
+
+    /// The trim this entry's append asks for, if any (one in
+    /// [`TRIM_EVERY`]), as the cookie and action's key prefix.
+    fn trim_prefix(&self, cookie: &str) -> Option<Vec<u8>> {
+        self.hash
+            .is_multiple_of(TRIM_EVERY)
+            .then(|| key::prefix(cookie, self.action))
+    }
+}
+
+/// A tag made ready for [`EmbeddedProfileStore::stage_prepared`]: its key,
+/// value and trim request, computed by the caller's thread.
+///
+/// The all-in-one builds it on the request's async worker, so the log
+/// appender's one thread, which every tag goes through, only checks and
+/// stages; and the tag's fields are allocated and freed by one thread
+/// (memory one thread frees for another comes back cold to the allocator).
+pub struct PreparedTag {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    trim: Option<Vec<u8>>,
+}
+
+impl PreparedTag {
+    pub fn of(tag: &pb::UserTag) -> Self {
+        let entry = Entry::of(tag);
+        Self {
+            trim: entry.trim_prefix(&tag.cookie),
+            key: entry.key,
+            value: entry.value,
+        }
+    }
 }
 
 /// Puts back what [`Entry::of`] leaves out of a value. Values stored with
@@ -194,9 +226,21 @@ impl EmbeddedProfileStore {
     }
 
     fn insert(&self, batch: &mut WriteBatch, tag: &pb::UserTag, entry: Entry) {
-        batch.insert(&self.tags, entry.key, entry.value);
-        if entry.hash.is_multiple_of(TRIM_EVERY) {
-            self.trims.request(key::prefix(&tag.cookie, entry.action));
+        let trim = entry.trim_prefix(&tag.cookie);
+        self.insert_prepared(
+            batch,
+            PreparedTag {
+                key: entry.key,
+                value: entry.value,
+                trim,
+            },
+        );
+    }
+
+    fn insert_prepared(&self, batch: &mut WriteBatch, tag: PreparedTag) {
+        batch.insert(&self.tags, tag.key, tag.value);
+        if let Some(prefix) = tag.trim {
+            self.trims.request(prefix);
         }
     }
 
@@ -244,12 +288,21 @@ impl EmbeddedProfileStore {
         tag: &pb::UserTag,
         pending: &mut HashSet<Vec<u8>>,
     ) -> Result<bool, StoreError> {
-        let entry = Entry::of(tag);
-        if pending.contains(&entry.key) || self.tags.contains_key(&entry.key)? {
+        self.stage_prepared(batch, PreparedTag::of(tag), pending)
+    }
+
+    /// [`Self::stage`] for a tag prepared beforehand.
+    pub fn stage_prepared(
+        &self,
+        batch: &mut WriteBatch,
+        tag: PreparedTag,
+        pending: &mut HashSet<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        if pending.contains(&tag.key) || self.tags.contains_key(&tag.key)? {
             return Ok(false);
         }
-        pending.insert(entry.key.clone());
-        self.insert(batch, tag, entry);
+        pending.insert(tag.key.clone());
+        self.insert_prepared(batch, tag);
         Ok(true)
     }
 }

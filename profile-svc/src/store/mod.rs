@@ -12,7 +12,7 @@ use allezon_core::{Action, Result, UserTag};
 use allezon_proto::v1 as pb;
 
 pub use aerospike::AerospikeProfileStore;
-pub use embedded::EmbeddedProfileStore;
+pub use embedded::{EmbeddedProfileStore, PreparedTag};
 
 /// Tags kept per cookie and action; older ones may be dropped.
 pub const KEEP_PER_ACTION: usize = allezon_core::query::PROFILE_KEEP as usize;
