@@ -37,21 +37,37 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn of(tag: pb::UserTag, trace: Carried) -> Self {
-        let profile = PreparedTag::of(&tag);
-        let cookie = tag.cookie.as_bytes().to_vec();
-        let record = pb::TagEvent {
-            tag: Some(tag),
-            traceparent: trace.traceparent,
-            tracestate: trace.tracestate,
-        }
-        .encode_to_vec();
+    fn of(mut tag: pb::UserTag, trace: Carried) -> Self {
+        // The tag is encoded once: its bytes give the profile entry's hash
+        // and make up the log record.
+        let encoded = tag.encode_to_vec();
+        let profile = PreparedTag::of_encoded(&mut tag, &encoded);
+        let cookie = tag.cookie.into_bytes();
         Self {
             profile,
             cookie,
-            record,
+            record: tag_event(&encoded, trace),
         }
     }
+}
+
+/// The encoding of a `TagEvent` holding the tag whose encoding is `tag`:
+/// the same bytes as encoding the message whole.
+fn tag_event(tag: &[u8], trace: Carried) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    let rest = pb::TagEvent {
+        tag: None,
+        traceparent: trace.traceparent,
+        tracestate: trace.tracestate,
+    };
+    let mut record = Vec::with_capacity(
+        1 + encoded_len_varint(tag.len() as u64) + tag.len() + rest.encoded_len(),
+    );
+    encode_key(1, WireType::LengthDelimited, &mut record);
+    encode_varint(tag.len() as u64, &mut record);
+    record.extend_from_slice(tag);
+    rest.encode_raw(&mut record);
+    record
 }
 
 impl EmbeddedIngest {
@@ -95,5 +111,47 @@ impl TagWriter for EmbeddedIngest {
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_built_from_the_tag_bytes_is_the_tag_event_encoded() {
+        let tag = pb::UserTag {
+            time_ms: 1_646_092_800_123,
+            cookie: "cookie-é".into(),
+            country: "PL".into(),
+            device: 2,
+            action: 1,
+            origin: "origin".into(),
+            product_info: Some(pb::ProductInfo {
+                product_id: Some(pb::product_info::ProductId::ProductIdNumber(7)),
+                brand_id: "brand".into(),
+                category_id: "category".into(),
+                price: 12_345,
+            }),
+        };
+        for (traceparent, tracestate) in [
+            ("", ""),
+            (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "k=v",
+            ),
+        ] {
+            let expected = pb::TagEvent {
+                tag: Some(tag.clone()),
+                traceparent: traceparent.into(),
+                tracestate: tracestate.into(),
+            }
+            .encode_to_vec();
+            let trace = Carried {
+                traceparent: traceparent.into(),
+                tracestate: tracestate.into(),
+            };
+            assert_eq!(tag_event(&tag.encode_to_vec(), trace), expected);
+        }
     }
 }

@@ -145,21 +145,26 @@ struct Entry {
 
 impl Entry {
     fn of(tag: &pb::UserTag) -> Self {
+        Self::of_encoded(&mut tag.clone(), &tag.encode_to_vec())
+    }
+
+    /// The entry of `tag`, whose encoding is `encoded`. `tag` is changed
+    /// while its value is encoded, and given back as it was.
+    fn of_encoded(tag: &mut pb::UserTag, encoded: &[u8]) -> Self {
         let action = Action::try_from(tag.action).unwrap_or(Action::View);
         // The hash covers the whole tag, so a retried tag finds its key
         // whichever form of the value an earlier version stored.
-        let hash = fnv1a(&tag.encode_to_vec());
+        let hash = fnv1a(encoded);
         // The key holds the cookie, action and time, so the value leaves
         // them out (`restore_from_key` puts them back): the cookie and time
         // are the least compressible third of a tag, and profiles are most
         // of the disk (a 2-million-tag replay: 61 bytes per tag before).
-        let value = pb::UserTag {
-            time_ms: 0,
-            cookie: String::new(),
-            action: 0,
-            ..tag.clone()
-        }
-        .encode_to_vec();
+        let cookie = std::mem::take(&mut tag.cookie);
+        let (time_ms, action_code) = (tag.time_ms, tag.action);
+        tag.time_ms = 0;
+        tag.action = 0;
+        let value = tag.encode_to_vec();
+        (tag.cookie, tag.time_ms, tag.action) = (cookie, time_ms, action_code);
         Self {
             key: tag_key(&tag.cookie, action, tag.time_ms, hash),
             value,
@@ -192,9 +197,18 @@ pub struct PreparedTag {
 
 impl PreparedTag {
     pub fn of(tag: &pb::UserTag) -> Self {
-        let entry = Entry::of(tag);
+        Self::of_entry(Entry::of(tag), &tag.cookie)
+    }
+
+    /// [`Self::of`] for a caller that has encoded `tag` already (`encoded`),
+    /// without copying it. `tag` is given back as it was.
+    pub fn of_encoded(tag: &mut pb::UserTag, encoded: &[u8]) -> Self {
+        Self::of_entry(Entry::of_encoded(tag, encoded), &tag.cookie)
+    }
+
+    fn of_entry(entry: Entry, cookie: &str) -> Self {
         Self {
-            trim: entry.trim_prefix(&tag.cookie),
+            trim: entry.trim_prefix(cookie),
             key: entry.key,
             value: entry.value,
         }
