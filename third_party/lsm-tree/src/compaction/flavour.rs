@@ -271,8 +271,12 @@ impl CompactionFlavour for RelocatingCompaction {
 
         let table_ids_to_delete = std::mem::take(&mut self.inner.tables_to_rewrite);
 
-        let created_tables = self.inner.consume_writer(opts, dst_lvl)?;
-        let mut created_blob_files = self.blob_writer.finish()?;
+        // Allezon's patch: the writers finish with the version lock released.
+        let inner = self.inner;
+        let blob_writer = self.blob_writer;
+        let (created_tables, mut created_blob_files) = super_version.unlocked(|| {
+            Ok::<_, crate::Error>((inner.consume_writer(opts, dst_lvl)?, blob_writer.finish()?))
+        })?;
         created_blob_files.extend(extra_blob_files);
 
         let mut blob_files_to_drop = self.rewriting_blob_files;
@@ -403,7 +407,8 @@ impl CompactionFlavour for StandardCompaction {
 
         let table_ids_to_delete = std::mem::take(&mut self.tables_to_rewrite);
 
-        let created_tables = self.consume_writer(opts, dst_lvl)?;
+        // Allezon's patch: the writer finishes with the version lock released.
+        let created_tables = super_version.unlocked(|| self.consume_writer(opts, dst_lvl))?;
 
         let mut blob_files_to_drop = Vec::default();
 
