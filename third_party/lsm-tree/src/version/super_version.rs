@@ -407,6 +407,29 @@ impl Drop for VersionHistoryWriteGuard<'_> {
     }
 }
 
+/// Puts the calling thread at nice 10, where Allezon runs fjall's workers,
+/// which freed these versions before: a free is background work, and on a
+/// small machine it should not take the CPU from requests.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+        }
+        const PRIO_PROCESS: i32 = 0;
+        // SAFETY: a plain system call wrapper taking integers; on Linux,
+        // `who = 0` with PRIO_PROCESS names the calling thread.
+        #[allow(unsafe_code)]
+        let result = unsafe { setpriority(PRIO_PROCESS, 0, 10) };
+        if result != 0 {
+            log::debug!(
+                "cannot lower the freeing thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Retired versions waiting for the freeing thread; past this, the caller
 /// frees them itself (it never waits for the thread).
 const FREE_QUEUE: usize = 64;
@@ -421,6 +444,7 @@ fn free_elsewhere(retired: Vec<SuperVersion>) {
         std::thread::Builder::new()
             .name("lsm-tree:free".into())
             .spawn(move || {
+                lower_this_threads_priority();
                 for retired in versions {
                     let freeing = Instant::now();
                     let count = retired.len();
