@@ -240,15 +240,7 @@ impl EmbeddedProfileStore {
     }
 
     fn insert(&self, batch: &mut WriteBatch, tag: &pb::UserTag, entry: Entry) {
-        let trim = entry.trim_prefix(&tag.cookie);
-        self.insert_prepared(
-            batch,
-            PreparedTag {
-                key: entry.key,
-                value: entry.value,
-                trim,
-            },
-        );
+        self.insert_prepared(batch, PreparedTag::of_entry(entry, &tag.cookie));
     }
 
     fn insert_prepared(&self, batch: &mut WriteBatch, tag: PreparedTag) {

@@ -310,21 +310,18 @@ impl VersionHistoryWriteGuard<'_> {
         let before = self.latest_version();
         let mut next_version = f(&before)?;
 
-        self.release();
-        let persisting = Instant::now();
-        let persisted = persist_version(tree_path, &next_version.version);
-        if persisting.elapsed() >= SLOW {
-            log::debug!(
-                "version {} persisted, unlocked, in {:?}",
-                next_version.version.id(),
-                persisting.elapsed()
-            );
-        }
-        #[expect(clippy::expect_used, reason = "lock is expected to not be poisoned")]
-        let guard = self.lock.write().expect("lock is poisoned");
-        self.guard = Some(guard);
-        self.taken = Instant::now();
-        persisted?;
+        self.unlocked(|| {
+            let persisting = Instant::now();
+            let persisted = persist_version(tree_path, &next_version.version);
+            if persisting.elapsed() >= SLOW {
+                log::debug!(
+                    "version {} persisted, unlocked, in {:?}",
+                    next_version.version.id(),
+                    persisting.elapsed()
+                );
+            }
+            persisted
+        })?;
 
         let latest = self.latest_version();
         if latest.version.id() != before.version.id() {
@@ -446,15 +443,7 @@ fn free_elsewhere(retired: Vec<SuperVersion>) {
             .spawn(move || {
                 lower_this_threads_priority();
                 for retired in versions {
-                    let freeing = Instant::now();
-                    let count = retired.len();
-                    drop(retired);
-                    if freeing.elapsed() >= SLOW {
-                        log::debug!(
-                            "{count} retired versions freed, off every lock, in {:?}",
-                            freeing.elapsed()
-                        );
-                    }
+                    free(retired, "off every lock");
                 }
             })
             .inspect_err(|e| log::warn!("no thread to free retired versions: {e}"))
@@ -468,12 +457,17 @@ fn free_elsewhere(retired: Vec<SuperVersion>) {
         },
         None => retired,
     };
+    free(retired, "by the caller");
+}
+
+/// Drops `retired`, logging a slow free with `where_` it happened.
+fn free(retired: Vec<SuperVersion>, where_: &str) {
     let freeing = Instant::now();
     let count = retired.len();
     drop(retired);
     if freeing.elapsed() >= SLOW {
         log::debug!(
-            "{count} retired versions freed by the caller in {:?}",
+            "{count} retired versions freed {where_} in {:?}",
             freeing.elapsed()
         );
     }
