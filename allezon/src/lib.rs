@@ -7,6 +7,7 @@
 //! services run apart (`allezon-api`); the gRPC server still runs, for
 //! `grpcurl` and outside callers.
 
+mod background;
 mod ingest;
 
 pub use ingest::EmbeddedIngest;
@@ -193,12 +194,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         Arc::clone(&in_process.aggregates),
         WorkerConfig::default(),
     );
-    let worker = tokio::spawn(watched_worker(
-        worker,
-        readiness.clone(),
-        worker_shutdown.clone(),
-        shutdown.clone(),
-    ));
+    let worker = background::spawn(
+        "ingest-worker",
+        watched_worker(
+            worker,
+            readiness.clone(),
+            worker_shutdown.clone(),
+            shutdown.clone(),
+        ),
+    )?;
     // Cells applied but not flushed when the process last died are replayed
     // from the log now; answers wait for that, so that no query counts a
     // tag acknowledged before the crash as missing.
