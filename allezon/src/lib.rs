@@ -27,7 +27,6 @@ use event_log::EmbeddedLog;
 use id_svc::{EmbeddedIdStore, IdGrpc};
 use ingest_worker::{Worker, WorkerConfig};
 use profile_svc::{EmbeddedProfileStore, ProfileGrpc};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
 
@@ -153,8 +152,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     store.watch("storage", &readiness, &shutdown);
     cells.watch("aggregate-storage", &readiness, &shutdown);
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr).await?;
-    let http_listener = TcpListener::bind(config.http_addr).await?;
+    let grpc_listener = allezon_core::net::bind(config.grpc_addr)?;
+    let http_listener = allezon_core::net::bind(config.http_addr)?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 

@@ -16,7 +16,6 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use http::{StatusCode, header};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::shutdown::Shutdown;
@@ -215,7 +214,7 @@ pub async fn spawn(
     shutdown: Shutdown,
 ) -> std::io::Result<Option<SocketAddr>> {
     let Some(addr) = addr.0 else { return Ok(None) };
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::net::bind(addr)?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "admin listening");
     tokio::spawn(async move {

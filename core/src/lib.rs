@@ -10,6 +10,7 @@ pub mod error;
 pub mod grpc;
 pub mod grpc_observe;
 pub mod metrics;
+pub mod net;
 pub mod query;
 pub mod shutdown;
 pub mod tag;

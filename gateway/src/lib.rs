@@ -148,7 +148,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         freshness,
     };
     backends.warm_up().await;
-    let listener = TcpListener::bind(config.http_addr).await?;
+    let listener = allezon_core::net::bind(config.http_addr)?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     readiness.set(true);
     serve(listener, backends, shutdown).await?;

@@ -14,7 +14,6 @@ use allezon_core::admin::{self, Readiness};
 use allezon_core::shutdown::Shutdown;
 use allezon_proto::v1::profile_service_server::ProfileServiceServer;
 use allezon_storage::Store;
-use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
@@ -56,7 +55,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     // Bound only once the store is ready: an open port means "serving",
     // for scripts and probes that wait on it.
-    let listener = TcpListener::bind(config.service.grpc.grpc_addr).await?;
+    let listener = allezon_core::net::bind(config.service.grpc.grpc_addr)?;
     tracing::info!(addr = %listener.local_addr()?, "profile-svc listening");
     readiness.set(true);
     let tls = config.service.grpc.tls.load()?;
