@@ -42,10 +42,19 @@ for port in $PORT $BARE; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
 
-# run NAME PORT CONNECTIONS: one load run; prints "NAME c=N rate p50 p99 non2xx".
+# The machine's count of handshakes dropped from a full accept queue (a
+# client then waits a second to retry): one line of /proc/net/netstat names
+# the fields, the next holds their values.
+listen_overflows() {
+  awk '$1 == "TcpExt:" { if (!names) { for (i = 2; i <= NF; i++) if ($i == "ListenOverflows") f = i; names = 1 } else print $f }' /proc/net/netstat
+}
+
+# run NAME PORT CONNECTIONS: one load run; prints "NAME c=N rate p50 p99
+# non2xx", and the accept-queue overflows during it.
 run() {
-  local out
+  local out overflows
   RUN=$((RUN + 1))
+  overflows=$(listen_overflows)
   if [[ $CLIENT == wrk ]]; then
     out=$(wrk -t2 -c"$3" -d"$DURATION" --latency -s scripts/load/user_tags.lua \
       "http://127.0.0.1:$2" -- "$RUN" 2>/dev/null)
@@ -61,8 +70,9 @@ run() {
     WRK_NON2XX=$((WRK_REQUESTS - correct))
     WRK_P50="${WRK_P50}ms" WRK_P99="${WRK_P99}ms"
   fi
-  printf '%-8s c=%-4s %10s tags/s  p50 %-8s p99 %-8s requests %-9s non-2xx %s\n' \
-    "$1" "$3" "$WRK_RATE" "$WRK_P50" "$WRK_P99" "$WRK_REQUESTS" "$WRK_NON2XX"
+  overflows=$(($(listen_overflows) - overflows))
+  printf '%-8s c=%-4s %10s tags/s  p50 %-8s p99 %-8s requests %-9s non-2xx %-4s listen-overflows %s\n' \
+    "$1" "$3" "$WRK_RATE" "$WRK_P50" "$WRK_P99" "$WRK_REQUESTS" "$WRK_NON2XX" "$overflows"
   [[ $1 == allezon ]] && ACCEPTED=$((ACCEPTED + WRK_REQUESTS - WRK_NON2XX))
   return 0
 }
