@@ -38,7 +38,11 @@ where
         .name(name.into())
         .spawn(move || {
             allezon_storage::priority::lower_this_thread();
-            let _ = done.send(catch_unwind(AssertUnwindSafe(|| runtime.block_on(work))));
+            let ended = catch_unwind(AssertUnwindSafe(|| runtime.block_on(work)));
+            // Its tasks and what they hold (store handles among them) are
+            // dropped before the handle ends, not after the caller moved on.
+            drop(runtime);
+            let _ = done.send(ended);
         })?;
     Ok(tokio::spawn(async move {
         match ended.await {
