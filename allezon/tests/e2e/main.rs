@@ -18,5 +18,6 @@ mod outage;
 mod outliers;
 mod profiles;
 mod replay;
+mod startup;
 mod support;
 mod tracing;
