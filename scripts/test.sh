@@ -161,6 +161,10 @@ log "patched lsm-tree's own unit tests (third_party/README.md)"
 cargo test --manifest-path third_party/lsm-tree/Cargo.toml --locked \
   --target-dir target/third_party --lib
 
+log "patched fjall's own unit tests (third_party/README.md)"
+cargo test --manifest-path third_party/fjall/Cargo.toml --locked \
+  --target-dir target/third_party --lib
+
 log "REST API against its OpenAPI document (schemathesis)"
 ./scripts/contract-fuzz.sh
 
