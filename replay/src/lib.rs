@@ -14,6 +14,7 @@
 
 pub mod driver;
 pub mod every_cell;
+pub mod lag;
 pub mod model;
 pub mod plot;
 pub mod stats;
@@ -158,7 +159,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             }
         })
     };
+    let watch = lag::Watch::start(std::time::Instant::now());
     let sends = driver.run(|sent| bar.set_position(sent)).await;
+    let tool_stalls = watch.stalls();
+    drop(watch);
     ticker.abort();
     bar.finish();
 
@@ -204,6 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             && (!too_slow || config.allow_slow),
         endpoints,
         every_cell,
+        tool_stalls,
     };
     if let Some(path) = &config.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
@@ -266,6 +271,13 @@ pub fn render(report: &Report) -> String {
             out.push_str(&format!("  every cell: {}\n", truncate(problem, 400)));
         }
     }
+    out.push_str(&format!(
+        "tool: its timers fired {} ms late at worst ({:.1} s in), {} times {} ms or more\n",
+        report.tool_stalls.max_ms.round(),
+        report.tool_stalls.max_at_s,
+        report.tool_stalls.over_50ms,
+        lag::STALL.as_millis(),
+    ));
     match report.target_rate {
         Some(asked) => out.push_str(&format!(
             "rate: asked {asked:.0} tags/s, sent {:.0} tags/s{}\n",

@@ -169,6 +169,9 @@ pub struct Report {
     /// The pass over every touched cell, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub every_cell: Option<crate::every_cell::EveryCellReport>,
+    /// How late the tool's own timers fired while it sent: a stall of the
+    /// tool times out answers that came on time.
+    pub tool_stalls: crate::lag::Stalls,
 }
 
 #[cfg(test)]
