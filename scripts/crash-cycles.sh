@@ -92,8 +92,12 @@ fi
         kill -9 "$pid"
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
         sleep "$DOWN"
+        restarted=$(date +%s%N)
         start_allezon
         wait_http
+        # From the start of the new process to its first HTTP answer: the
+        # journal replay and the log's unflushed tail.
+        echo "== serving $(( ($(date +%s%N) - restarted) / 1000000 )) ms after the restart" >&2
       fi
       sleep "$EVERY"
     done
