@@ -179,7 +179,7 @@ impl Driver {
             permits: Semaphore::new(plan.max_in_flight.max(1)),
             client,
             state: Mutex::new(State {
-                model: Model::default(),
+                model: Model::for_tags(plan.tags),
                 acks: Acks {
                     keep_for: plan.profile_freshness.max(plan.aggregate_freshness),
                     ..Acks::default()
@@ -187,7 +187,7 @@ impl Driver {
                 poisoned_cookies: HashSet::new(),
                 poisoned_minutes: HashSet::new(),
                 fates: Fates::default(),
-                stats: Default::default(),
+                stats: EndpointStats::sized_for(plan.tags, plan.profile_every),
             }),
             started: Instant::now(),
             minutes: Arc::default(),

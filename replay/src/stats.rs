@@ -47,6 +47,25 @@ pub struct EndpointStats {
 const PROBLEMS_KEPT: u64 = 3;
 
 impl EndpointStats {
+    /// The three endpoints' stats (tags, profiles, aggregates), their
+    /// latency samples allocated for the whole run: a vector that doubles
+    /// copies every sample so far under the driver's lock.
+    pub fn sized_for(tags: u64, profile_every: u64) -> [Self; 3] {
+        let room = |n: u64| Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+        let profiles = tags.checked_div(profile_every).unwrap_or(0);
+        [
+            Self {
+                samples: room(tags),
+                ..Self::default()
+            },
+            Self {
+                samples: room(profiles),
+                ..Self::default()
+            },
+            Self::default(),
+        ]
+    }
+
     pub fn record(
         &mut self,
         outcome: Outcome,
