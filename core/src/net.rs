@@ -57,8 +57,6 @@ impl Reserved {
 mod tests {
     use super::*;
 
-    /// More than tokio's default queue of 128 connect while nothing accepts:
-    /// each would otherwise wait a second for its handshake to be retried.
     /// A port another server listens on cannot be bound; a bound one
     /// refuses connections until it listens.
     #[tokio::test]
@@ -85,6 +83,8 @@ mod tests {
         assert!(connected.is_ok() && accepted.is_ok());
     }
 
+    /// More than tokio's default queue of 128 connect while nothing accepts:
+    /// each would otherwise wait a second for its handshake to be retried.
     #[tokio::test]
     async fn a_burst_of_connections_is_queued_before_any_accept() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|err| panic!("{err}"));

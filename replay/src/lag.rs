@@ -18,7 +18,8 @@ pub const STALL: Duration = Duration::from_millis(50);
 pub struct Stalls {
     /// Wake-ups late by [`STALL`] or more.
     pub over_50ms: u64,
-    /// The latest wake-up: how late, and when (seconds into the run).
+    /// The wake-up that came latest: how late, and when (seconds into the
+    /// run).
     pub max_ms: f64,
     pub max_at_s: f64,
 }

@@ -54,7 +54,7 @@ impl Model {
     pub fn for_tags(tags: u64) -> Self {
         let cookies = tags.min(crate::stream::COOKIES);
         Self {
-            lists: HashMap::with_capacity(usize::try_from(cookies).unwrap_or(usize::MAX)),
+            lists: HashMap::with_capacity(usize::try_from(cookies).unwrap_or(0)),
         }
     }
 
