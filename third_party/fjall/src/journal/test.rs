@@ -553,3 +553,104 @@ fn journal_torn_tail_is_cut_at_the_last_whole_entry() -> crate::Result<()> {
     assert_eq!(second.to_vec(), batches.get(1).unwrap().items);
     Ok(())
 }
+
+/// Allezon's patch: a created journal's syncs keep written zeros ahead of
+/// its batches, so that a sync between refills allocates nothing. The
+/// batches read back whole, and the zeros end the journal as a hole did.
+#[test]
+#[expect(clippy::unwrap_used)]
+fn journal_created_keeps_written_zeros_ahead() -> crate::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use writer::{ZEROED_AHEAD_BYTES, ZEROED_REFILL_BELOW_BYTES};
+
+    let dir1 = tempdir()?;
+    let db = crate::Database::builder(&dir1).open()?;
+    let keyspace = db.keyspace("default", Default::default)?;
+
+    let dir2 = tempdir()?;
+    let path = dir2.path().join("0.jnl");
+    let allocated = || -> crate::Result<u64> { Ok(std::fs::metadata(&path)?.blocks() * 512) };
+
+    // Each batch is a little over 100 KiB, so eight of them pass the first
+    // refill's mark.
+    let batches = (0..8u8)
+        .map(|i| {
+            [BatchItem::new(
+                keyspace.clone(),
+                [b'k', i],
+                vec![i + 1; 100 * 1_024],
+                ValueType::Value,
+            )]
+        })
+        .collect::<Vec<_>>();
+    {
+        let journal = Journal::create_new(&path)?;
+        let mut writer = journal.get_writer()?;
+        assert!(allocated()? < ZEROED_AHEAD_BYTES, "created sparse");
+
+        writer.write_batch(batches[0].iter(), 1, 0)?;
+        writer.persist(crate::PersistMode::SyncData)?;
+        let first = allocated()?;
+        assert!(first >= ZEROED_AHEAD_BYTES, "zeros ahead: {first} bytes allocated");
+
+        for (seqno, batch) in batches.iter().enumerate().skip(1) {
+            writer.write_batch(batch.iter(), 1, seqno as u64)?;
+            writer.persist(crate::PersistMode::SyncData)?;
+        }
+        let pos = writer.pos()?;
+        assert!(pos > ZEROED_AHEAD_BYTES - ZEROED_REFILL_BELOW_BYTES);
+        let last = allocated()?;
+        assert!(last >= pos + ZEROED_REFILL_BELOW_BYTES, "refilled: {last} bytes allocated, at {pos}");
+        assert_eq!(std::fs::metadata(&path)?.len(), writer::PRE_ALLOCATED_BYTES);
+    }
+
+    let journal = Journal::from_file(&path)?;
+    let read = journal.get_reader()?.flatten().collect::<Vec<_>>();
+    assert_eq!(read.len(), batches.len());
+    for (batch, read) in batches.iter().zip(&read) {
+        assert_eq!(batch.to_vec(), read.items);
+    }
+    Ok(())
+}
+
+/// Allezon's patch: a reopened journal is open for appending, where a
+/// positioned write lands at the end of the file. Zeros written ahead there
+/// would come before the next batch and end the journal early, so it gets
+/// none: every batch written after reopening reads back.
+#[test]
+#[expect(clippy::unwrap_used)]
+fn journal_reopened_keeps_its_batches_contiguous() -> crate::Result<()> {
+    let dir1 = tempdir()?;
+    let db = crate::Database::builder(&dir1).open()?;
+    let keyspace = db.keyspace("default", Default::default)?;
+
+    let dir2 = tempdir()?;
+    let path = dir2.path().join("0.jnl");
+    let batch = |i: u8| [BatchItem::new(keyspace.clone(), [b'k', i], [i; 10], ValueType::Value)];
+
+    {
+        let journal = Journal::create_new(&path)?;
+        let mut writer = journal.get_writer()?;
+        writer.write_batch(batch(0).iter(), 1, 0)?;
+        writer.persist(crate::PersistMode::SyncData)?;
+    }
+    {
+        // As fjall opens a database: the writer first, then the replay,
+        // which cuts the file after the last batch.
+        let journal = Journal::from_file(&path)?;
+        assert_eq!(journal.get_reader()?.flatten().count(), 1);
+        let mut writer = journal.get_writer()?;
+        for i in 1..4u8 {
+            writer.write_batch(batch(i).iter(), 1, u64::from(i))?;
+            writer.persist(crate::PersistMode::SyncData)?;
+        }
+    }
+
+    let journal = Journal::from_file(&path)?;
+    let read = journal.get_reader()?.flatten().collect::<Vec<_>>();
+    assert_eq!(read.len(), 4, "every batch, none cut off by zeros");
+    for (i, read) in (0..4u8).zip(&read) {
+        assert_eq!(batch(i).to_vec(), read.items);
+    }
+    Ok(())
+}

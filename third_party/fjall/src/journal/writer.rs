@@ -20,11 +20,30 @@ pub const PRE_ALLOCATED_BYTES: u64 = 64 * 1_024 * 1_024;
 
 pub const JOURNAL_BUFFER_BYTES: usize = 8 * 1_024;
 
+/// Allezon's patch: how far ahead of the write position a created journal
+/// holds written zeros, and the distance below which a sync writes more.
+///
+/// `set_len` leaves the journal sparse, so every sync that reaches a new
+/// block also allocates it, and `fdatasync` then writes the inode as well
+/// (a second synchronous write). Zeros written ahead, and made durable by
+/// the same sync that covers the data before them, turn the syncs between
+/// two refills into data-only writes. Recovery reads the zeros as the end
+/// of the journal, as it reads a hole.
+pub const ZEROED_AHEAD_BYTES: u64 = 1_024 * 1_024;
+pub const ZEROED_REFILL_BELOW_BYTES: u64 = 512 * 1_024;
+
 pub struct Writer {
     pub(crate) path: PathBuf,
     file: BufWriter<File>,
     buf: Vec<u8>,
     is_buffer_dirty: bool,
+
+    /// Allezon's patch: where the written zeros end, for a journal this
+    /// writer created. `None` for a reopened journal: it is open for
+    /// appending, recovery truncates it after it is opened, and Linux puts a
+    /// positioned write on such a handle at the end of the file, so zeros
+    /// written ahead would land before the next batch.
+    zeroed_to: Option<u64>,
 
     compression: CompressionType,
     compression_threshold: usize,
@@ -64,6 +83,8 @@ impl Writer {
     }
 
     pub fn rotate(&mut self) -> crate::Result<(PathBuf, PathBuf)> {
+        // Allezon's patch: a journal being sealed needs no zeros ahead.
+        self.zeroed_to = None;
         self.persist(PersistMode::SyncAll)?;
 
         log::debug!(
@@ -144,6 +165,7 @@ impl Writer {
             file: BufWriter::new(file),
             buf: Vec::new(),
             is_buffer_dirty: false,
+            zeroed_to: Some(0),
             compression: CompressionType::None,
             compression_threshold: 0,
         })
@@ -177,6 +199,7 @@ impl Writer {
                 file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
                 buf: Vec::new(),
                 is_buffer_dirty: false,
+                zeroed_to: Some(0),
                 compression: CompressionType::None,
                 compression_threshold: 0,
             });
@@ -194,6 +217,7 @@ impl Writer {
             file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
             buf: Vec::new(),
             is_buffer_dirty: false,
+            zeroed_to: None,
             compression: CompressionType::None,
             compression_threshold: 0,
         })
@@ -216,6 +240,15 @@ impl Writer {
             self.is_buffer_dirty = false;
         }
 
+        if mode != PersistMode::Buffer {
+            self.zero_ahead().inspect_err(|e| {
+                log::error!(
+                    "Failed to write zeros ahead in journal file at {}: {e:?}",
+                    self.path.display(),
+                );
+            })?;
+        }
+
         match mode {
             PersistMode::SyncAll => self.file.get_mut().sync_all().inspect_err(|e| {
                 log::error!(
@@ -231,6 +264,39 @@ impl Writer {
             }),
             PersistMode::Buffer => Ok(()),
         }
+    }
+
+    /// Allezon's patch: writes zeros ahead of the write position once fewer
+    /// than [`ZEROED_REFILL_BELOW_BYTES`] are left, up to
+    /// [`ZEROED_AHEAD_BYTES`] ahead. The caller syncs next. The buffer must
+    /// be flushed, so that the file's position is the write position.
+    fn zero_ahead(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+
+        static ZEROS: [u8; 64 * 1_024] = [0; 64 * 1_024];
+
+        let Some(zeroed_to) = self.zeroed_to else {
+            return Ok(());
+        };
+        let pos = self.file.get_mut().stream_position()?;
+        if zeroed_to >= pos + ZEROED_REFILL_BELOW_BYTES {
+            return Ok(());
+        }
+        let end = pos + ZEROED_AHEAD_BYTES;
+        let mut at = zeroed_to.max(pos);
+        while at < end {
+            // `ZEROS` is 64 KiB, so the chunk fits in `usize`.
+            #[expect(clippy::cast_possible_truncation)]
+            let chunk = (end - at).min(ZEROS.len() as u64) as usize;
+            // A positioned write leaves the file's position (the next
+            // batch's offset) where it is.
+            self.file
+                .get_ref()
+                .write_all_at(ZEROS.get(..chunk).unwrap_or(&ZEROS), at)?;
+            at += chunk as u64;
+        }
+        self.zeroed_to = Some(end);
+        Ok(())
     }
 
     /// Writes a batch start marker to the journal
