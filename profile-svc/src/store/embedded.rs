@@ -47,6 +47,11 @@ const SLOW_QUERY: Duration = Duration::from_millis(30);
 /// Cookies waiting for a trim.
 const TRIM_QUEUE: usize = 4_096;
 
+/// How long the trimmer lets requests gather after the first one. At
+/// 35,000 tags/s about 45 come in that time, far below [`TRIM_QUEUE`]; the
+/// tags they trim sit on disk 20 ms longer, unseen by queries.
+const TRIM_GATHER: Duration = Duration::from_millis(20);
+
 impl Trimmer {
     fn start(store: Store, tags: Keyspace) -> std::io::Result<Self> {
         let (queue, prefixes) = sync_channel::<Vec<u8>>(TRIM_QUEUE);
@@ -55,9 +60,20 @@ impl Trimmer {
             .spawn(move || {
                 allezon_storage::priority::lower_this_thread();
                 let mut kept_from = KeptFrom::default();
-                for prefix in prefixes {
-                    if let Err(err) = trim(&store, &tags, &prefix, &mut kept_from) {
-                        tracing::warn!(%err, "profile trim failed; a later append redoes it");
+                // Wait for one request, then let more gather: a send that
+                // finds this thread asleep in `recv` wakes it, a futex call
+                // on the appender's thread and a context switch on this one,
+                // once per trim (a 20th of the appender's time and half of
+                // this thread's at saturation). A cookie asked for twice in
+                // one round is trimmed once.
+                while let Ok(first) = prefixes.recv() {
+                    std::thread::sleep(TRIM_GATHER);
+                    let round: HashSet<Vec<u8>> =
+                        std::iter::once(first).chain(prefixes.try_iter()).collect();
+                    for prefix in round {
+                        if let Err(err) = trim(&store, &tags, &prefix, &mut kept_from) {
+                            tracing::warn!(%err, "profile trim failed; a later append redoes it");
+                        }
                     }
                 }
             })?;
