@@ -35,6 +35,70 @@ pub struct Memtable {
     pub(crate) highest_seqno: AtomicU64,
 
     pub(crate) requested_rotation: AtomicBool,
+
+    /// Allezon's patch: the user keys inserted, as a Bloom filter, so that a
+    /// point read of a key that was never inserted skips the skiplist search.
+    keys: KeyFilter,
+}
+
+/// Allezon's patch: a Bloom filter of user keys (two bits per key in
+/// [`KeyFilter::BITS`]), filled by [`Memtable::insert`] before the item goes
+/// into the skiplist.
+///
+/// A skiplist search follows about twenty nodes, and compares the key with
+/// each: when keys share a long prefix (one cookie's profile entries), every
+/// comparison leaves the node for the key's bytes on the heap, a cache miss.
+/// Allezon asks for every incoming tag whether it is already stored; on a
+/// replayed shop's stream that search took a third of the thread that
+/// writes tags. A filter answers most such misses with two loads.
+///
+/// Never a false negative: every inserted key has its bits set, and bits are
+/// never cleared. A reader that can see an item (its seqno published after
+/// the insert) sees the bits set before it. False positives only cost the
+/// search the read did before: at 100,000 keys (a 16 MiB memtable of
+/// profile entries) about 1 % of misses.
+struct KeyFilter {
+    words: Box<[AtomicU64]>,
+}
+
+impl KeyFilter {
+    /// 2 Mi bits, 256 KiB per memtable, allocated zeroed (pages are
+    /// committed as bits land in them).
+    const BITS: u64 = 1 << 21;
+
+    fn new() -> Self {
+        Self {
+            words: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The two bits of `key`: 21 bits each, from one 64-bit hash.
+    fn bits(key: &[u8]) -> [u64; 2] {
+        let hash = xxhash_rust::xxh3::xxh3_64(key);
+        [hash % Self::BITS, (hash >> 21) % Self::BITS]
+    }
+
+    fn word(&self, bit: u64) -> Option<&AtomicU64> {
+        // BITS / 64 words, so the index fits.
+        #[expect(clippy::cast_possible_truncation)]
+        self.words.get((bit / 64) as usize)
+    }
+
+    fn insert(&self, key: &[u8]) {
+        for bit in Self::bits(key) {
+            if let Some(word) = self.word(bit) {
+                word.fetch_or(1 << (bit % 64), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn may_contain(&self, key: &[u8]) -> bool {
+        Self::bits(key).iter().all(|&bit| {
+            self.word(bit).is_none_or(|word| {
+                word.load(std::sync::atomic::Ordering::Relaxed) & (1 << (bit % 64)) != 0
+            })
+        })
+    }
 }
 
 impl Memtable {
@@ -64,6 +128,7 @@ impl Memtable {
             approximate_size: AtomicU64::default(),
             highest_seqno: AtomicU64::default(),
             requested_rotation: AtomicBool::default(),
+            keys: KeyFilter::new(),
         }
     }
 
@@ -92,6 +157,11 @@ impl Memtable {
     #[doc(hidden)]
     pub fn get(&self, key: &[u8], seqno: SeqNo) -> Option<InternalValue> {
         if seqno == 0 {
+            return None;
+        }
+
+        // Allezon's patch: a key never inserted needs no search.
+        if !self.keys.may_contain(key) {
             return None;
         }
 
@@ -157,6 +227,8 @@ impl Memtable {
             .approximate_size
             .fetch_add(item_size, std::sync::atomic::Ordering::AcqRel);
 
+        // Before the skiplist: whoever can see the item sees its bits.
+        self.keys.insert(&item.key.user_key);
         let key = InternalKey::new(item.key.user_key, item.key.seqno, item.key.value_type);
         self.items.insert(key, item.value);
 
@@ -184,6 +256,58 @@ mod tests {
     use super::*;
     use crate::ValueType;
     use test_log::test;
+
+    /// Allezon's patch: with the key filter in front, every inserted key
+    /// is still found (at every seqno that sees it), and keys never
+    /// inserted are not, past the filter's design load.
+    #[test]
+    fn memtable_key_filter_finds_every_inserted_key() {
+        let memtable = Memtable::new(0);
+        let key = |i: u32| format!("cookie-with-a-long-shared-prefix-{}", i % 5_000).into_bytes();
+        let inserted = 300_000u32;
+        for i in 0..inserted {
+            let mut k = key(i);
+            k.extend_from_slice(&i.to_be_bytes());
+            memtable.insert(InternalValue::from_components(
+                k,
+                i.to_be_bytes(),
+                u64::from(i),
+                ValueType::Value,
+            ));
+        }
+        for i in 0..inserted {
+            let mut k = key(i);
+            k.extend_from_slice(&i.to_be_bytes());
+            let found = memtable.get(&k, SeqNo::MAX).map(|item| item.value);
+            assert_eq!(found.as_deref(), Some(&i.to_be_bytes()[..]), "key {i}");
+            assert!(memtable.get(&k, u64::from(i)).is_none(), "not yet visible at {i}");
+            assert!(memtable.get(&k, u64::from(i) + 1).is_some(), "visible at {i}");
+        }
+        for i in inserted..inserted + 100_000 {
+            let mut k = key(i);
+            k.extend_from_slice(&i.to_be_bytes());
+            assert!(memtable.get(&k, SeqNo::MAX).is_none(), "never inserted: {i}");
+        }
+    }
+
+    /// Allezon's patch: the filter answers most misses on its own, so a
+    /// broken filter that lets everything through fails here.
+    #[test]
+    fn memtable_key_filter_rejects_most_absent_keys() {
+        let memtable = Memtable::new(0);
+        for i in 0..100_000u32 {
+            memtable.insert(InternalValue::from_components(
+                i.to_be_bytes(),
+                *b"v",
+                0,
+                ValueType::Value,
+            ));
+        }
+        let passed = (100_000..200_000u32)
+            .filter(|i| memtable.keys.may_contain(&i.to_be_bytes()))
+            .count();
+        assert!(passed < 2_000, "{passed} of 100,000 absent keys passed the filter");
+    }
 
     #[test]
     #[expect(clippy::unwrap_used)]
