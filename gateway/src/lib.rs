@@ -17,6 +17,7 @@
 pub mod backends;
 pub mod error;
 pub mod freshness;
+mod header_deadline;
 mod http_metrics;
 mod routes;
 mod server;
