@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-BIN="${BIN:-target/debug/allezon}"
+# The workspace's target directory, wherever CARGO_TARGET_DIR puts it.
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/debug/allezon}"
 EXAMPLES="${EXAMPLES:-150}"
 [ -x "$BIN" ] || cargo build --locked -p allezon
 port=$(free_port)
