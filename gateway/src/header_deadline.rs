@@ -31,17 +31,18 @@ pub struct HeaderDeadline<S> {
     inner: S,
     limit: Duration,
     state: State,
+    /// The timer of the current request's headers, armed only when they
+    /// take more than one read (most requests come whole in one), and
+    /// reset rather than allocated again for the next request that does.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 enum State {
     /// Between requests: the next byte read starts one.
     Idle,
-    /// Headers being read: the deadline, and how many bytes of the
+    /// Headers being read, the deadline armed: how many bytes of the
     /// `\r\n\r\n` that ends them the last read ended with.
-    Headers {
-        deadline: Pin<Box<Sleep>>,
-        matched: usize,
-    },
+    Headers { matched: usize },
     /// The headers ended; waiting for the answer.
     Answering,
 }
@@ -54,6 +55,7 @@ impl<S> HeaderDeadline<S> {
             inner,
             limit,
             state: State::Idle,
+            deadline: None,
         }
     }
 
@@ -62,23 +64,30 @@ impl<S> HeaderDeadline<S> {
         if bytes.is_empty() {
             return;
         }
-        if matches!(self.state, State::Idle) {
-            self.state = State::Headers {
-                deadline: Box::pin(tokio::time::sleep(self.limit)),
-                matched: 0,
+        let starts = matches!(self.state, State::Idle);
+        let mut matched = match self.state {
+            State::Idle => 0,
+            State::Headers { matched } => matched,
+            State::Answering => return,
+        };
+        for &byte in bytes {
+            matched = match (END.get(matched), byte) {
+                (Some(&want), got) if want == got => matched + 1,
+                (_, b'\r') => 1,
+                _ => 0,
             };
+            if matched == END.len() {
+                self.state = State::Answering;
+                return;
+            }
         }
-        if let State::Headers { matched, .. } = &mut self.state {
-            for &byte in bytes {
-                *matched = match (END.get(*matched), byte) {
-                    (Some(&want), got) if want == got => *matched + 1,
-                    (_, b'\r') => 1,
-                    _ => 0,
-                };
-                if *matched == END.len() {
-                    self.state = State::Answering;
-                    return;
-                }
+        self.state = State::Headers { matched };
+        if starts {
+            // The first byte came in this read: the limit counts from now.
+            let at = tokio::time::Instant::now() + self.limit;
+            match &mut self.deadline {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
             }
         }
     }
@@ -104,7 +113,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeaderDeadline<S> {
             let filled = buf.filled();
             this.saw(filled.get(before..).unwrap_or_default());
         }
-        if let State::Headers { deadline, .. } = &mut this.state {
+        if let (State::Headers { .. }, Some(deadline)) = (&this.state, &mut this.deadline) {
             // Polled on every read, so the timer wakes the connection's
             // task when it fires, even while no byte comes.
             if deadline.as_mut().poll(cx).is_ready() {
@@ -186,6 +195,24 @@ mod tests {
             state_after(&[b"GET / HTTP/1.1\r\nA: b\r\r\n\r\n"]),
             "answering"
         );
+    }
+
+    /// A request whose headers come in one read arms no timer; one whose
+    /// headers span reads does, and the next such request reuses it.
+    #[tokio::test]
+    async fn only_headers_that_span_reads_arm_the_timer() {
+        let mut io = HeaderDeadline::new((), Duration::from_secs(1));
+        io.saw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(io.deadline.is_none(), "armed for headers that came whole");
+        io.wrote(10);
+        io.saw(b"GET / HTTP/1.1\r\n");
+        let first: *const Sleep = &**io.deadline.as_ref().expect("armed");
+        io.saw(b"\r\n");
+        io.wrote(10);
+        io.saw(b"GET / HT");
+        let second: *const Sleep = &**io.deadline.as_ref().expect("armed again");
+        assert_eq!(first, second, "the timer is reset, not allocated again");
+        assert!(matches!(io.state, State::Headers { matched: 0 }));
     }
 
     #[tokio::test]
