@@ -1,6 +1,8 @@
 //! `POST /aggregates?time_range=..&action=..&aggregates=..[&origin=..]
 //! [&brand_id=..][&category_id=..]`.
 
+use std::sync::Arc;
+
 use allezon_core::Error;
 use allezon_core::query::{Aggregate, AggregateQuery};
 use allezon_core::time::format_bucket;
@@ -21,7 +23,7 @@ pub struct AggregatesBody {
 }
 
 pub async fn post_aggregates(
-    State(backends): State<Backends>,
+    State(backends): State<Arc<Backends>>,
     RawQuery(query): RawQuery,
     // Debug mode: the client's expected answer; read and never looked at.
     body: Result<Bytes, BytesRejection>,

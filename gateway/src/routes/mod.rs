@@ -30,6 +30,9 @@ pub const OPENAPI_DOCUMENT: &str = include_str!("../../api/openapi.json");
 pub const ROUTES: [&str; 4] = [USER_TAGS, USER_PROFILES, AGGREGATES, OPENAPI];
 
 pub fn router(backends: Backends) -> Router {
+    // Every request clones the state: one reference count, not one per
+    // backend.
+    let backends = std::sync::Arc::new(backends);
     Router::new()
         .route(
             USER_TAGS,

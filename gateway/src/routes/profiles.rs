@@ -1,5 +1,7 @@
 //! `POST /user_profiles/{cookie}?time_range=<from>_<to>[&limit=<n>]`.
 
+use std::sync::Arc;
+
 use allezon_core::query::ProfileQuery;
 use allezon_core::tag::MAX_COOKIE_LEN;
 use allezon_core::{Error, UserTag};
@@ -21,7 +23,7 @@ pub struct ProfileBody {
 }
 
 pub async fn post_user_profile(
-    State(backends): State<Backends>,
+    State(backends): State<Arc<Backends>>,
     cookie: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     // The body, when present, is the client's expected answer (debug mode).

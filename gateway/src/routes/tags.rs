@@ -3,6 +3,8 @@
 //!
 //! [`TagWriter`]: crate::TagWriter
 
+use std::sync::Arc;
+
 use allezon_core::{Error, UserTag};
 use allezon_proto::v1 as pb;
 use axum::body::Bytes;
@@ -21,7 +23,7 @@ fn count(result: &'static str) {
 }
 
 pub async fn post_user_tag(
-    State(backends): State<Backends>,
+    State(backends): State<Arc<Backends>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let tag = UserTag::from_json(&body.map_err(body_error)?)?;

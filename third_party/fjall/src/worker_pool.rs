@@ -41,6 +41,10 @@ impl std::fmt::Debug for WorkerMessage {
 
 type WorkerHandle = JoinHandle<Result<(), crate::Error>>;
 
+/// Allezon's patch: how long the first worker waits after handing a
+/// compaction back to the queue (see `worker_tick`).
+const COMPACT_HANDBACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub struct WorkerPool {
     thread_handles: Mutex<Vec<WorkerHandle>>,
     pub(crate) rx: flume::Receiver<WorkerMessage>,
@@ -251,6 +255,13 @@ fn worker_tick(ctx: &WorkerState) -> crate::Result<bool> {
             // NOTE: Let one worker prioritize flushing if there are pending flushes
             if ctx.pool_size > 1 && ctx.worker_id == 0 {
                 ctx.sender.try_send(WorkerMessage::Compact(keyspace)).ok();
+                // Allezon's patch: wait before taking the next message.
+                // While another worker compacts, the queue may hold nothing
+                // but this message, and upstream took it straight back, in
+                // a busy loop for the whole compaction (`worker_tick` and
+                // flume's `send` were 6 % of a busy all-in-one's CPU). A
+                // flush or rotation queued meanwhile waits this long at most.
+                std::thread::sleep(COMPACT_HANDBACK_PAUSE);
                 return Ok(false);
             }
 
@@ -306,6 +317,50 @@ mod tests {
             );
         }
 
+        Ok(())
+    }
+
+    /// Allezon's patch: the first worker of a pool hands compactions to the
+    /// others, and waits before it takes the next message, so a queue
+    /// holding only a compaction does not keep it spinning while another
+    /// worker compacts.
+    #[test]
+    fn first_worker_hands_compactions_back_without_spinning() -> crate::Result<()> {
+        let folder = tempfile::tempdir()?;
+        let db = Database::builder(&folder)
+            .worker_threads_unchecked(0)
+            .open()?;
+        let ks = db.keyspace("default", KeyspaceCreateOptions::default)?;
+        while db.worker_pool.rx.try_recv().is_ok() {}
+
+        let first = WorkerState {
+            pool_size: 2,
+            worker_id: 0,
+            supervisor: db.supervisor.clone(),
+            rx: db.worker_pool.rx.clone(),
+            sender: db.worker_pool.sender.clone(),
+            stats: db.stats.clone(),
+        };
+        db.worker_pool
+            .sender
+            .send(WorkerMessage::Compact(ks))
+            .expect("queue open");
+
+        let began = std::time::Instant::now();
+        let mut ticks = 0u32;
+        while began.elapsed() < std::time::Duration::from_millis(50) {
+            assert!(!worker_tick(&first)?, "no close was sent");
+            ticks += 1;
+        }
+        // Upstream took the message back hundreds of thousands of times here.
+        assert!(
+            u128::from(ticks) <= 50 / COMPACT_HANDBACK_PAUSE.as_millis() + 1,
+            "{ticks} ticks in 50 ms"
+        );
+        assert!(
+            matches!(db.worker_pool.rx.try_recv(), Ok(WorkerMessage::Compact(_))),
+            "the compaction is still queued for another worker",
+        );
         Ok(())
     }
 
