@@ -135,6 +135,16 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "the gateway's dependencies (no engine, no worker, no embedded log)"
+# The gateway reaches the services through the api traits and the log
+# through its Kafka client; the storage engine, the services' and the
+# worker's crates must not come into its build.
+if cargo tree -p gateway -e normal --locked --prefix none \
+  | grep -E '^(allezon-storage|fjall|lsm-tree|ingest-worker|profile-svc|aggregate-svc|id-svc) '; then
+  echo "the gateway depends on the crates above" >&2
+  exit 1
+fi
+
 log "helm charts"
 ./scripts/check-charts.sh
 

@@ -4,7 +4,9 @@
 //! The traits follow Kafka's model (partitions, offsets, consumer-group
 //! commits) so that the embedded log and the Kafka topic are interchangeable.
 
+#[cfg(feature = "embedded")]
 mod appender;
+#[cfg(feature = "embedded")]
 mod embedded;
 mod kafka;
 
@@ -12,13 +14,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use allezon_core::trace::Carried;
+#[cfg(feature = "embedded")]
 pub use appender::{Appender, Staged};
+#[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedConsumer, EmbeddedLog};
 pub use kafka::{KafkaConfig, KafkaConsumer, KafkaLog, KafkaProbe, test_brokers};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum LogError {
+    #[cfg(feature = "embedded")]
     #[error("event log storage: {0}")]
     Storage(#[from] allezon_storage::StoreError),
     #[error("kafka: {0}")]
