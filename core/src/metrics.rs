@@ -226,6 +226,8 @@ pub struct Log {
 #[derive(Debug)]
 pub struct Worker {
     pub lag: Family<PartitionLabels, Gauge>,
+    /// Log partitions this worker's consumer holds now.
+    pub assigned_partitions: Gauge,
     pub batch_size: Histogram,
     pub fold_duration: Histogram,
     pub apply_duration: Histogram,
@@ -438,6 +440,7 @@ impl Metrics {
 
         let worker = Worker {
             lag: Family::default(),
+            assigned_partitions: Gauge::default(),
             batch_size: sizes(),
             fold_duration: latency(),
             apply_duration: latency(),
@@ -458,6 +461,11 @@ impl Metrics {
                 "consumer_lag_records",
                 "Records of a log partition not yet applied: the log's end minus the worker's position",
                 worker.lag.clone(),
+            );
+            r.register(
+                "assigned_partitions",
+                "Log partitions this worker holds now (its consumer group's last assignment); 0 between a revocation and the next assignment",
+                worker.assigned_partitions.clone(),
             );
             r.register(
                 "batch_size_records",

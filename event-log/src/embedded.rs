@@ -112,6 +112,11 @@ impl EmbeddedLog {
         let positions = (0..self.partitions())
             .map(|p| self.committed(group, p))
             .collect::<Result<Vec<_>, _>>()?;
+        // The one consumer of the embedded log holds every partition.
+        allezon_core::metrics::metrics()
+            .worker
+            .assigned_partitions
+            .set(i64::from(self.partitions()));
         Ok(EmbeddedConsumer {
             log: self.clone(),
             group: group.to_owned(),

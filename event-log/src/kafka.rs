@@ -567,6 +567,10 @@ impl ConsumerContext for GroupContext {
             }
         }
         tracing::info!(partitions = ?*partitions, "partition assignment changed");
+        allezon_core::metrics::metrics()
+            .worker
+            .assigned_partitions
+            .set(i64::try_from(partitions.len()).unwrap_or(i64::MAX));
         self.assignment.generation.fetch_add(1, Ordering::AcqRel);
     }
 }

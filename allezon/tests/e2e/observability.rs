@@ -167,6 +167,11 @@ async fn the_admin_port_reports_health_and_metrics_that_move_under_load() {
         Some(0.0)
     );
     assert_eq!(sample(&after, "allezon_http_requests_in_flight"), Some(0.0));
+    // The all-in-one's log has one partition, and its one worker holds it.
+    assert_eq!(
+        sample(&after, "allezon_worker_assigned_partitions"),
+        Some(1.0)
+    );
 }
 
 /// `grpcurl -plaintext FLAGS ADDR VERB…`.
