@@ -15,7 +15,10 @@
 # Environment: KAFKA (bootstrap servers, required), AEROSPIKE_HOSTS
 # (optional), AEROSPIKE_NAMESPACE (default test), TOPIC (default user-tags),
 # PARTITIONS (default 4), WORKERS (default 2), HTTP_PORT (default 8080),
-# RUN (state directory, default ./run/cluster). Loopback only.
+# RUN (state directory, default ./run/cluster), STATIC_MEMBERS (1: each
+# worker joins as `--kafka-instance-id worker-N`; off by default, since
+# tansu 0.6 never expires a static member that died, and a group it led
+# never rebalances again: README, "static membership"). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +70,7 @@ worker() { # index
   # are not niced by default any more (WORKER_NICE=10 lets them yield the
   # CPU to the request path, as they did when they only counted).
   NICE="nice -n ${WORKER_NICE:-0}" launch "worker-$1" ingest-worker --kafka-brokers "$KAFKA" --kafka-topic "$TOPIC" \
-    --kafka-create-partitions "$PARTITIONS" --kafka-instance-id "worker-$1" \
+    --kafka-create-partitions "$PARTITIONS" ${STATIC_MEMBERS:+--kafka-instance-id "worker-$1"} \
     --profile-svc "http://127.0.0.1:$PROFILE_PORT" \
     --aggregate-svc "http://127.0.0.1:$AGGREGATE_PORT" --id-svc "http://127.0.0.1:$ID_PORT" \
     --admin-addr "127.0.0.1:$((9100 + $1))"
