@@ -139,8 +139,10 @@ log "the gateway's dependencies (no engine, no worker, no embedded log)"
 # The gateway reaches the services through the api traits and the log
 # through its Kafka client; the storage engine, the services' and the
 # worker's crates must not come into its build.
-if cargo tree -p gateway -e normal --locked --prefix none \
-  | grep -E '^(allezon-storage|fjall|lsm-tree|ingest-worker|profile-svc|aggregate-svc|id-svc) '; then
+# The tree first, on its own: a `cargo tree` that failed inside a pipe
+# would leave grep nothing to find, and the check would pass.
+gateway_tree=$(cargo tree -p gateway -e normal --locked --prefix none)
+if grep -E '^(allezon-storage|fjall|lsm-tree|ingest-worker|profile-svc|aggregate-svc|id-svc) ' <<<"$gateway_tree"; then
   echo "the gateway depends on the crates above" >&2
   exit 1
 fi
